@@ -1,0 +1,42 @@
+"""Measurement backends behind one interface; ``create_backend`` picks one by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from profiler_service.backends.base import Backend, BackendUnavailable, Runner, UnsupportedModel
+
+BACKEND_NAMES = ("tensorrt", "torch-cuda", "onnxruntime", "torch-cpu")
+AUTO_ORDER = BACKEND_NAMES  # fastest deployment engine first; CPUs fall through to ORT
+
+
+def create_backend(name: str, threads: int | None = None, cache_dir: Path = Path(".")) -> Backend:
+    """Build the named backend, or with ``auto`` the first that works here."""
+    if name == "auto":
+        reasons = []
+        for candidate in AUTO_ORDER:
+            try:
+                return create_backend(candidate, threads, cache_dir)
+            except BackendUnavailable as e:
+                reasons.append(f"{candidate}: {e}")
+        raise BackendUnavailable("no backend works here: " + "; ".join(reasons))
+    if name == "onnxruntime":
+        from profiler_service.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(threads=threads)
+    if name == "torch-cpu":
+        from profiler_service.backends.torch_backend import TorchCpuBackend
+
+        return TorchCpuBackend(threads=threads)
+    if name == "torch-cuda":
+        from profiler_service.backends.torch_backend import TorchCudaBackend
+
+        return TorchCudaBackend()
+    if name == "tensorrt":
+        from profiler_service.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(cache_dir=cache_dir)
+    raise BackendUnavailable(f"unknown backend {name!r}; choose auto or one of {', '.join(BACKEND_NAMES)}")
+
+
+__all__ = ["BACKEND_NAMES", "Backend", "BackendUnavailable", "Runner", "UnsupportedModel", "create_backend"]

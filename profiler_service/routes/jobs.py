@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from profiler_service.errors import NotFound
+from profiler_service.schemas import JobStatus
+from profiler_service.state import ServiceState, require_read, service
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.get("/jobs/{job_id}", response_model=JobStatus, dependencies=[Depends(require_read)])
+def get_job(job_id: str, svc: ServiceState = Depends(service)) -> JobStatus:
+    status = svc.jobs.status(job_id)
+    if status is None:
+        raise NotFound(f"no job {job_id}")
+    return status

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse
+
+from profiler_service import store
+from profiler_service.errors import InvalidInput
+from profiler_service.schemas import CHANNELS_SYNTAX, JobStatus, LutRequest, LutSummary, LutTable, parse_channels
+from profiler_service.shapes import parse_shape
+from profiler_service.state import ServiceState, require_read, require_write, service
+from profiler_service.tables import check_request, read_table
+
+router = APIRouter(tags=["tables"])
+
+
+def _selection(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return parse_channels(text)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None
+
+
+@router.get("/lut/{shape}", response_model=LutTable, dependencies=[Depends(require_read)])
+def get_lut(
+    shape: str,
+    cin: str | None = Query(None, description=f"input channels to return: {CHANNELS_SYNTAX}"),
+    cout: str | None = Query(None, description=f"output channels to return: {CHANNELS_SYNTAX}"),
+    svc: ServiceState = Depends(service),
+) -> LutTable:
+    """The measured table of a layer shape on this device."""
+    return read_table(svc, parse_shape(shape), _selection(cin), _selection(cout))
+
+
+@router.post(
+    "/lut/{shape}",
+    response_model=LutTable,
+    responses={202: {"model": JobStatus, "description": "measuring; poll the Location"}},
+    dependencies=[Depends(require_write)],
+)
+def post_lut(shape: str, body: LutRequest, response: Response, svc: ServiceState = Depends(service)):
+    """Measure the points not yet stored; 200 with the table when nothing is missing."""
+    layer = parse_shape(shape)
+    if layer.depthwise and body.points is None:
+        # Depthwise layers have one channel axis: a grid means its diagonal.
+        assert body.cin is not None and body.cout is not None
+        pairs = sorted((c, c) for c in set(body.cin) & set(body.cout))
+        if not pairs:
+            raise InvalidInput("a depthwise grid needs counts common to cin and cout (cin == cout)")
+    else:
+        pairs = body.expand()
+    check_request(svc, layer, pairs)
+    submitted = svc.jobs.submit(layer, pairs)
+    if submitted.job is None:
+        return read_table(svc, layer, sorted({c for c, _ in pairs}), sorted({c for _, c in pairs}))
+    return JSONResponse(submitted.job.model_dump(), status_code=202, headers={"Location": f"/jobs/{submitted.job.id}"})
+
+
+@router.get("/luts", response_model=list[LutSummary], dependencies=[Depends(require_read)])
+def list_luts(svc: ServiceState = Depends(service)) -> list[LutSummary]:
+    """Shapes with measured points on this device."""
+    with svc.sessions() as session:
+        return [LutSummary(shape=k, points=n) for k, n in store.shape_counts(session, svc.device_id)]

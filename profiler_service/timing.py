@@ -1,0 +1,63 @@
+"""Adaptive timing loop shared by every backend (warm-up, repeat until stable).
+
+Backends only know how to run their built network ``k`` times and say how
+long one run took on their own clock (``perf_counter`` on CPUs, CUDA events
+on GPUs); when to stop and what to report is decided here, once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+RunBatch = Callable[[int], float]
+"""``run_batch(k)`` runs the network k times back to back; returns ms per run."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimingPolicy:
+    warmup_ms: float = 30.0
+    min_warmup_runs: int = 3
+    round_size: int = 10  # samples per round; stability is checked between rounds
+    min_sample_ms: float = 0.2  # batch runs so one sample is well above clock resolution
+    rel_tol: float = 0.01  # stop when one more round moves the median less than this
+    max_samples: int = 400
+    max_ms: float = 3000.0  # wall-time cap of one measurement, warm-up excluded
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyStats:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int  # samples behind the statistics (each the mean of ``batch`` runs)
+    batch: int = 1
+
+
+def measure(run_batch: RunBatch, policy: TimingPolicy = TimingPolicy()) -> LatencyStats:
+    start = time.perf_counter()
+    warm: list[float] = []
+    while len(warm) < policy.min_warmup_runs or (time.perf_counter() - start) * 1e3 < policy.warmup_ms:
+        warm.append(run_batch(1))
+        if len(warm) >= 10_000:
+            break
+    per_run = float(np.median(warm[len(warm) // 2 :]))
+    batch = max(1, math.ceil(policy.min_sample_ms / max(per_run, 1e-6)))
+
+    samples: list[float] = []
+    previous = math.inf
+    loop_start = time.perf_counter()
+    while True:
+        samples.extend(run_batch(batch) for _ in range(policy.round_size))
+        median = float(np.median(samples))
+        stable = abs(median - previous) <= policy.rel_tol * median
+        out_of_time = (time.perf_counter() - loop_start) * 1e3 >= policy.max_ms
+        if stable or out_of_time or len(samples) >= policy.max_samples:
+            break
+        previous = median
+    p10, p50, p90 = np.percentile(samples, [10, 50, 90])
+    return LatencyStats(float(p50), float(p10), float(p90), len(samples), batch)

@@ -1,0 +1,94 @@
+"""Fixtures: real profiler services (``halp serve`` subprocesses) on loopback over real SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+CONV = "conv2d-k3x3-s1x1-p1x1-d1x1-g1-h28w28-b1-fp32"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    """A real ``halp serve`` on 127.0.0.1; restartable on the same database."""
+
+    db: Path
+    env: dict[str, str] = field(default_factory=dict)
+    backend: str = "onnxruntime"
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> ServiceProcess:
+        env = {**os.environ, "HALP_CACHE_DIR": str(self.db.parent), **self.env}
+        cmd = [
+            sys.executable, "-m", "pruning_client.cli", "serve", "--backend", self.backend,
+            "--db", f"sqlite:///{self.db}", "--port", str(self.port), "--threads", "1", "--log-level", "warning",
+        ]  # fmt: skip
+        self.log = self.db.with_suffix(f".{self.port}.log")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited: {self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"service did not start: {self.log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+        self.proc = None
+
+
+@pytest.fixture
+def make_service(tmp_path: Path) -> Iterator:
+    started: list[ServiceProcess] = []
+
+    def make(db_name: str = "halp.db", **kwargs) -> ServiceProcess:
+        svc = ServiceProcess(db=tmp_path / db_name, **kwargs)
+        started.append(svc)
+        return svc.start()
+
+    yield make
+    for svc in started:
+        svc.stop()
+
+
+@pytest.fixture
+def service(make_service) -> ServiceProcess:
+    return make_service()
+
+
+def wait_job(client: httpx.Client, location: str, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(location).json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise TimeoutError(f"job {location} not finished: {job}")
