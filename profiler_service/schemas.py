@@ -65,9 +65,9 @@ class LutRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cin: list[int] | None = Field(None, max_length=MAX_CHANNELS)
-    cout: list[int] | None = Field(None, max_length=MAX_CHANNELS)
-    points: list[tuple[int, int]] | None = Field(None, max_length=100_000)
+    cin: list[int] | None = Field(None, min_length=1, max_length=MAX_CHANNELS)
+    cout: list[int] | None = Field(None, min_length=1, max_length=MAX_CHANNELS)
+    points: list[tuple[int, int]] | None = Field(None, min_length=1, max_length=100_000)
 
     @model_validator(mode="after")
     def _one_form(self) -> LutRequest:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import settings
 
 CONV = "conv2d-k3x3-s1x1-p1x1-d1x1-g1-h28w28-b1-fp32"
 
@@ -92,3 +93,9 @@ def wait_job(client: httpx.Client, location: str, timeout: float = 120.0) -> dic
             return job
         time.sleep(0.1)
     raise TimeoutError(f"job {location} not finished: {job}")
+
+
+# CI runs the property tests on a fixed seed so a landing never depends on luck; locally they explore.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")

@@ -105,6 +105,7 @@ def test_malformed_and_over_limit_requests_get_422(service):
 
         assert c.post(f"/lut/{CONV}", json={"cin": [0], "cout": [8]}).status_code == 422
         assert c.post(f"/lut/{CONV}", json={"cin": [8]}).status_code == 422
+        assert c.post(f"/lut/{CONV}", json={"points": []}).status_code == 422
         assert c.get(f"/lut/{CONV}").status_code == 404  # nothing measured yet
         assert c.get("/jobs/nope").status_code == 404
 
