@@ -74,7 +74,9 @@ class OnnxRuntimeBackend(Backend):
         gpu = "CUDAExecutionProvider" in available if use_gpu is None else use_gpu
         if gpu and "CUDAExecutionProvider" not in available:
             raise BackendUnavailable("onnxruntime has no CUDAExecutionProvider here")
-        self._providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        # On GPUs prefer ORT's TensorRT provider where it is built in, CUDA otherwise.
+        gpu_providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+        self._providers = [*gpu_providers, "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
         self._device = "cuda" if gpu else "cpu"
         self.threads = None if gpu else (threads or os.cpu_count() or 1)
 

@@ -1,0 +1,269 @@
+"""Graph analysis: any ``nn.Module`` -> coupled channel groups + the conv/linear layers they size.
+
+Coupling comes from Torch-Pruning's dependency graph (residual adds,
+concatenations, depthwise convs, batch norms, flatten into a classifier).
+On top of it this module records, for every conv/linear *call* seen in a
+forward pass, its layer-shape key and how its channel counts depend on the
+groups: ``cin = cin0 - sum_g F_in[l, g] * (n_g - k_g)`` (and likewise cout),
+where ``k_g`` is the number of channels group g keeps.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from profiler_service.shapes import Dtype, LayerShape
+
+ExampleInputs = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+class GraphError(ValueError):
+    """A model that cannot be analysed (no conv/linear, unsupported layer)."""
+
+
+@dataclass
+class GroupItem:
+    """One coupled module inside a group: its own channel indices and the group channel each maps to."""
+
+    module: str
+    idxs: np.ndarray
+    root_idxs: np.ndarray
+
+
+@dataclass
+class ChannelGroup:
+    id: int
+    root: str  # module whose output channels define the group
+    size: int  # channels when analysed
+    bns: list[GroupItem] = field(default_factory=list)  # batch norms on the group's channels (saliency)
+    producers: list[GroupItem] = field(default_factory=list)  # conv/linear whose outputs are the group
+    maskable: list[GroupItem] = field(default_factory=list)  # conv/linear/BN outputs to zero when pruned
+
+
+@dataclass
+class LayerCall:
+    """One execution of a conv/linear module (a module called twice gives two)."""
+
+    name: str
+    module: str
+    shape: LayerShape
+    cin: int
+    cout: int
+
+
+@dataclass
+class ModelGraph:
+    model: nn.Module
+    dg: tp.DependencyGraph
+    groups: list[ChannelGroup]
+    layers: list[LayerCall]
+    f_in: np.ndarray  # (L, G): channels of layer l's input per channel of group g
+    f_out: np.ndarray  # (L, G)
+    fixed_layers: list[str]  # output layers (and user-ignored ones): channels never pruned
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.array([g.size for g in self.groups], dtype=np.int64)
+
+    def channels(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cin, cout) of every layer call when group g keeps ``keep[g]`` channels."""
+        removed = self.sizes - np.asarray(keep, dtype=np.int64)
+        cin = np.array([lc.cin for lc in self.layers]) - np.rint(self.f_in @ removed).astype(np.int64)
+        cout = np.array([lc.cout for lc in self.layers]) - np.rint(self.f_out @ removed).astype(np.int64)
+        return cin, cout
+
+    def module(self, name: str) -> nn.Module:
+        return self.model.get_submodule(name)
+
+
+def _as_tuple(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
+    return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+
+
+def _trace_calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[list[tuple[str, tuple]], set[str]]:
+    """Input sizes of every conv/linear call, and the layers whose output reaches a model output.
+
+    Output layers are found on the autograd graph: walk back from each output
+    through parameter-free ops until a conv/linear is met. Their output
+    channels are the network's answer (classes, boxes) and must stay fixed.
+    """
+    names = {m: n for n, m in model.named_modules()}
+    calls: list[tuple[str, tuple]] = []
+    grad_fn_owner: dict[object, str] = {}
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        calls.append((names[module], tuple(args[0].shape)))
+        if output.grad_fn is not None:
+            grad_fn_owner[output.grad_fn] = names[module]
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    try:
+        with torch.enable_grad():
+            outputs = model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    flat = [t for t in _flatten(outputs) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    output_layers: set[str] = set()
+    stack, seen = [t.grad_fn for t in flat], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn in grad_fn_owner:
+            output_layers.add(grad_fn_owner[fn])
+            continue
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return calls, output_layers
+
+
+def _flatten(obj: object) -> Iterable[object]:
+    if isinstance(obj, list | tuple):
+        for o in obj:
+            yield from _flatten(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _flatten(o)
+    else:
+        yield obj
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def layer_shape(module: nn.Module, input_size: tuple, batch: int, dtype: Dtype) -> LayerShape:
+    if isinstance(module, nn.Linear):
+        tokens = int(np.prod(input_size[1:-1])) if len(input_size) > 2 else 1
+        return LayerShape(op="linear", batch=batch, dtype=dtype, tokens=tokens)
+    assert isinstance(module, nn.Conv2d)
+    if isinstance(module.padding, str):
+        raise GraphError(f"conv padding={module.padding!r} is not supported; use explicit padding")
+    if module.groups not in (1, module.in_channels) or (
+        module.groups > 1 and module.out_channels != module.in_channels
+    ):
+        raise GraphError(
+            f"grouped conv with groups={module.groups} ({module.in_channels}->{module.out_channels}) is not "
+            "supported yet; pass it in ignored_layers"
+        )
+    return LayerShape(
+        op="conv2d",
+        batch=batch,
+        dtype=dtype,
+        kernel=tuple(module.kernel_size),  # type: ignore[arg-type]
+        stride=tuple(module.stride),  # type: ignore[arg-type]
+        padding=tuple(module.padding),  # type: ignore[arg-type]
+        dilation=tuple(module.dilation),  # type: ignore[arg-type]
+        groups=0 if _is_depthwise(module) else 1,
+        height=int(input_size[2]),
+        width=int(input_size[3]),
+    )
+
+
+def analyse(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    batch: int | None = None,
+    dtype: Dtype = "fp32",
+    ignored_layers: Sequence[nn.Module] = (),
+) -> ModelGraph:
+    """Groups and layer calls of ``model``; ``batch``/``dtype`` are the deployment's, for the keys."""
+    inputs = _as_tuple(example_inputs)
+    batch = batch or int(inputs[0].shape[0])
+    calls, output_layers = _trace_calls(model, inputs)
+    if not calls:
+        raise GraphError("the model runs no nn.Conv2d or nn.Linear: nothing to prune")
+    names = {m: n for n, m in model.named_modules()}
+    fixed = set(output_layers) | {names[m] for m in ignored_layers}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
+    tp_groups = dg.get_all_groups(ignored_layers=[model.get_submodule(n) for n in fixed])
+
+    groups: list[ChannelGroup] = []
+    in_terms: dict[str, dict[int, float]] = {}
+    out_terms: dict[str, dict[int, float]] = {}
+    for tp_group in tp_groups:
+        root_module = tp_group[0].dep.target.module
+        size = len(tp_group[0].idxs)
+        group = ChannelGroup(id=len(groups), root=names[root_module], size=size)
+        for item in tp_group.items:
+            module = item.dep.target.module
+            if module not in names:  # tracing ops (add, concat, reshape)
+                continue
+            entry = GroupItem(
+                names[module],
+                np.array([int(i) for i in item.idxs], dtype=np.int64),
+                np.array(item.root_idxs, dtype=np.int64),
+            )
+            is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
+            factor = len(entry.idxs) / size
+            if isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
+                group.bns.append(entry)
+                group.maskable.append(entry)
+            elif isinstance(module, nn.Conv2d | nn.Linear):
+                terms = out_terms if is_out else in_terms
+                terms.setdefault(entry.module, {})[group.id] = factor
+                if is_out:
+                    group.producers.append(entry)
+                    group.maskable.append(entry)
+                    if _is_depthwise(module):  # one pruner handles both sides of a depthwise conv
+                        in_terms.setdefault(entry.module, {})[group.id] = factor
+        groups.append(group)
+
+    layers: list[LayerCall] = []
+    f_in = np.zeros((len(calls), len(groups)))
+    f_out = np.zeros((len(calls), len(groups)))
+    seen: dict[str, int] = {}
+    for row, (name, size_in) in enumerate(calls):
+        module = model.get_submodule(name)
+        seen[name] = seen.get(name, 0) + 1
+        call_name = name if seen[name] == 1 else f"{name}#{seen[name]}"
+        cin = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+        cout = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+        layers.append(LayerCall(call_name, name, layer_shape(module, size_in, batch, dtype), cin, cout))
+        for gid, factor in in_terms.get(name, {}).items():
+            f_in[row, gid] = factor
+        for gid, factor in out_terms.get(name, {}).items():
+            f_out[row, gid] = factor
+    return ModelGraph(model, dg, groups, layers, f_in, f_out, sorted(fixed))
+
+
+def prune_groups(graph: ModelGraph, remove: dict[int, np.ndarray]) -> nn.Module:
+    """Physically remove channels (indices in each group's own numbering) from ``graph.model``."""
+    for gid, idxs in remove.items():
+        if len(idxs) == 0:
+            continue
+        group = graph.groups[gid]
+        if len(idxs) >= group.size:
+            raise GraphError(f"group {gid} ({group.root}) would lose all {group.size} channels")
+        root = graph.module(group.root)
+        handler = graph.dg.get_pruner_of_module(root).prune_out_channels
+        graph.dg.get_pruning_group(root, handler, sorted(int(i) for i in idxs)).prune()
+    return graph.model
+
+
+def pruned_copy(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    keep: dict[str, np.ndarray],
+    ignored_layers: Sequence[str] = (),
+) -> nn.Module:
+    """A physically thinned deep copy; ``keep`` maps a group's root module name to the channels it keeps."""
+    clone = copy.deepcopy(model)
+    graph = analyse(clone, example_inputs, ignored_layers=[clone.get_submodule(n) for n in ignored_layers])
+    by_root = {g.root: g for g in graph.groups}
+    remove = {}
+    for root, kept in keep.items():
+        group = by_root[root]
+        remove[group.id] = np.setdiff1d(np.arange(group.size), kept)
+    return prune_groups(graph, remove)

@@ -1,0 +1,165 @@
+"""Latency model from per-layer tables: prediction, calibration and per-group cost curves.
+
+Predicted latency of a channel configuration is ``a * sum_l T_l(cin_l, cout_l) + b``
+(SPEC 5): layers timed alone miss fusion, launch overhead and the ops between
+them, so ``a`` and ``b`` are fitted per target on end-to-end measurements.
+The model never measures anything itself: it says which (shape, cin, cout)
+points it needs and reads them from ``LatencyTables``, which may fetch them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pruning_client.graph import ModelGraph
+
+Point = tuple[int, int]
+Needed = dict[str, set[Point]]
+Fetch = Callable[[Needed], Mapping[str, Mapping[Point, float]]]
+
+
+class MissingPoints(LookupError):
+    """Table points the model needs but nobody has measured (and no fetcher is set)."""
+
+
+@dataclass
+class LatencyTables:
+    """Plain tables, shape key -> {(cin, cout): median ms}; ``fetch`` fills what is missing."""
+
+    points: dict[str, dict[Point, float]] = field(default_factory=dict)
+    fetch: Fetch | None = None
+    fingerprint: str = ""
+
+    def missing(self, needed: Needed) -> Needed:
+        out: Needed = {}
+        for key, pts in needed.items():
+            have = self.points.get(key, {})
+            lack = {p for p in pts if p not in have}
+            if lack:
+                out[key] = lack
+        return out
+
+    def require(self, needed: Needed) -> None:
+        lack = self.missing(needed)
+        if not lack:
+            return
+        if self.fetch is None:
+            count = sum(len(v) for v in lack.values())
+            raise MissingPoints(f"{count} table points are not measured, e.g. {next(iter(lack.items()))}")
+        for key, got in self.fetch(lack).items():
+            self.points.setdefault(key, {}).update(got)
+        still = self.missing(needed)
+        if still:
+            raise MissingPoints(f"the fetcher did not return {sum(len(v) for v in still.values())} points")
+
+    def lookup(self, key: str, cin: np.ndarray, cout: np.ndarray) -> np.ndarray:
+        table = self.points[key]
+        return np.array([table[(int(a), int(b))] for a, b in zip(cin, cout, strict=True)])
+
+
+def _add(needed: Needed, key: str, cin: Iterable[int], cout: Iterable[int]) -> None:
+    needed.setdefault(key, set()).update(zip(map(int, cin), map(int, cout), strict=True))
+
+
+@dataclass
+class Calibration:
+    a: float = 1.0
+    b: float = 0.0
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (table sum, measured ms)
+
+    @property
+    def residuals(self) -> list[float]:
+        """Relative error of each calibration sample under the fitted line."""
+        return [(self.a * s + self.b - m) / m for s, m in self.samples]
+
+
+class LatencyModel:
+    """One target's latency model over a model graph (current channel counts in ``keep``)."""
+
+    def __init__(self, graph: ModelGraph, tables: LatencyTables, calibration: Calibration | None = None) -> None:
+        self.graph = graph
+        self.tables = tables
+        self.calibration = calibration or Calibration()
+        self._keys = [lc.shape.key for lc in graph.layers]
+        # which layers each group's channel count reaches (as cin or cout)
+        touches = (graph.f_in != 0) | (graph.f_out != 0)
+        self._layers_of = [np.flatnonzero(touches[:, g]) for g in range(len(graph.groups))]
+
+    # --- whole configurations -------------------------------------------------------------
+    def points_for(self, keep: np.ndarray) -> Needed:
+        cin, cout = self.graph.channels(keep)
+        needed: Needed = {}
+        for key, a, b in zip(self._keys, cin, cout, strict=True):
+            _add(needed, key, [a], [b])
+        return needed
+
+    def layer_latency(self, keep: np.ndarray) -> np.ndarray:
+        self.tables.require(self.points_for(keep))
+        cin, cout = self.graph.channels(keep)
+        return np.array(
+            [self.tables.points[k][(int(a), int(b))] for k, a, b in zip(self._keys, cin, cout, strict=True)]
+        )
+
+    def table_sum(self, keep: np.ndarray) -> float:
+        return float(self.layer_latency(keep).sum())
+
+    def predict(self, keep: np.ndarray) -> float:
+        return self.calibration.a * self.table_sum(keep) + self.calibration.b
+
+    def calibrate(self, samples: list[tuple[np.ndarray, float]]) -> Calibration:
+        """Least-squares fit of (a, b) on (keep, measured ms) pairs; needs two distinct sums."""
+        sums = np.array([self.table_sum(k) for k, _ in samples])
+        measured = np.array([m for _, m in samples])
+        if len(samples) < 2 or np.ptp(sums) <= 1e-9 * sums.max():
+            raise ValueError("calibration needs measurements of at least two different configurations")
+        a, b = np.polyfit(sums, measured, 1)
+        if a <= 0:
+            raise ValueError(f"calibration gave a non-positive slope a={a:.3g}: measurements are too noisy")
+        self.calibration = Calibration(float(a), float(b), list(zip(sums.tolist(), measured.tolist(), strict=True)))
+        return self.calibration
+
+    # --- per-group cost curves for the knapsack --------------------------------------------
+    def _curve_channels(self, keep: np.ndarray, g: int, counts: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(layers, cin, cout) of group g's layers when g keeps each of ``counts`` (others at ``keep``)."""
+        rows = self._layers_of[g]
+        cin, cout = self.graph.channels(keep)
+        delta = counts[None, :] - keep[g]
+        cin_g = cin[rows, None] + np.rint(self.graph.f_in[rows, g, None] * delta).astype(np.int64)
+        cout_g = cout[rows, None] + np.rint(self.graph.f_out[rows, g, None] * delta).astype(np.int64)
+        return rows, cin_g, cout_g
+
+    def curve_points(self, keep: np.ndarray, counts: list[np.ndarray], out_only: bool = False) -> Needed:
+        needed: Needed = {}
+        for g, c in enumerate(counts):
+            rows, cin_g, cout_g = self._curve_channels(keep, g, np.asarray(c))
+            for r, a, b in zip(rows, cin_g, cout_g, strict=True):
+                if out_only and self.graph.f_out[r, g] == 0:
+                    continue
+                _add(needed, self._keys[r], a, b)
+        return needed
+
+    def cost_curves(self, keep: np.ndarray, counts: list[np.ndarray], out_only: bool = False) -> list[np.ndarray]:
+        """Change of the table sum when group g keeps ``counts[g][j]`` channels, the rest unchanged.
+
+        Credits a group both in the layers it leaves (cout) and in those it
+        feeds (cin); ``out_only`` gives the paper's cout-only costs instead.
+        The sum of these changes is the separable approximation of the new
+        total; the pruner checks the true 2-D sum afterwards.
+        """
+        self.tables.require(self.curve_points(keep, counts, out_only))
+        self.tables.require(self.points_for(keep))
+        curves = []
+        for g, c in enumerate(counts):
+            rows, cin_g, cout_g = self._curve_channels(keep, g, np.asarray(c))
+            total = np.zeros(len(c))
+            cin0, cout0 = self.graph.channels(keep)
+            for r, a, b in zip(rows, cin_g, cout_g, strict=True):
+                if out_only and self.graph.f_out[r, g] == 0:
+                    continue
+                now = self.tables.points[self._keys[r]][(int(cin0[r]), int(cout0[r]))]
+                total += self.tables.lookup(self._keys[r], a, b) - now
+            curves.append(total)
+        return curves

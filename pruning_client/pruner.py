@@ -1,0 +1,222 @@
+"""``HALPPruner``: latency-constrained iterative pruning as a hook in the user's training loop.
+
+Every ``interval`` calls of ``step()`` (after ``backward()``) it averages the
+Taylor saliency gathered since the last pruning step, builds per-group
+"keep the top k blocks" choices, solves the knapsack against this step's
+budget on every target, checks the choice against the true 2-D table
+latency (tightening the budget until it holds) and masks the dropped
+channels. ``finalize()`` removes them for real and returns the smaller model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from pruning_client.graph import ExampleInputs, GraphError, prune_groups
+from pruning_client.knapsack import Infeasible, solve
+from pruning_client.latency import LatencyModel
+from pruning_client.saliency import TaylorSaliency
+
+MAX_TIGHTENING = 30
+
+
+@dataclass
+class PruneStep:
+    step: int
+    iteration: int
+    budget_ms: list[float]  # per target
+    predicted_ms: list[float]  # per target, true 2-D table latency after a/b calibration
+    channels: list[int]  # per group
+    saliency_kept: float  # fraction of this step's saliency kept
+    tightenings: int
+
+
+def exponential_budgets(full: float, target: float, steps: int) -> list[float]:
+    """Budgets of steps 1..S shrinking geometrically from ``full`` to ``target`` (as in the paper)."""
+    return [math.exp((s / steps) * math.log(target) + (1 - s / steps) * math.log(full)) for s in range(1, steps + 1)]
+
+
+class HALPPruner:
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: ExampleInputs,
+        latency_model: LatencyModel | Sequence[LatencyModel],
+        target_ratio: float | Sequence[float],
+        steps: int = 10,
+        interval: int = 10,
+        block_size: int = 8,
+        start: int = 0,
+        min_keep_blocks: int = 1,
+    ) -> None:
+        self.models = [latency_model] if isinstance(latency_model, LatencyModel) else list(latency_model)
+        if not self.models:
+            raise ValueError("need at least one latency model (one per target)")
+        self.graph = self.models[0].graph
+        if any(m.graph is not self.graph for m in self.models) or self.graph.model is not model:
+            raise ValueError("every latency model must be built on the graph of this model")
+        ratios = [target_ratio] * len(self.models) if isinstance(target_ratio, int | float) else list(target_ratio)
+        if len(ratios) != len(self.models) or not all(0 < r <= 1 for r in ratios):
+            raise ValueError("target_ratio: one ratio in (0, 1] per target")
+        if steps < 1 or interval < 1 or block_size < 1 or min_keep_blocks < 1:
+            raise ValueError("steps, interval, block_size and min_keep_blocks must be positive")
+        self.model, self.example_inputs = model, example_inputs
+        self.steps, self.interval, self.block_size, self.start = steps, interval, block_size, start
+        self.min_keep_blocks = min_keep_blocks
+        self.saliency = TaylorSaliency(self.graph)
+        self.masks = [np.ones(g.size, dtype=bool) for g in self.graph.groups]
+        full = self.keep_counts()
+        self.full_ms = [m.predict(full) for m in self.models]
+        self.target_ms = [r * f for r, f in zip(ratios, self.full_ms, strict=True)]
+        self.budgets = [exponential_budgets(f, t, steps) for f, t in zip(self.full_ms, self.target_ms, strict=True)]
+        self.history: list[PruneStep] = []
+        self.iteration = 0
+        self._module_masks: dict[str, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._finalized = False
+
+    # --- state -----------------------------------------------------------------------------
+    def keep_counts(self) -> np.ndarray:
+        return np.array([int(m.sum()) for m in self.masks], dtype=np.int64)
+
+    @property
+    def done(self) -> bool:
+        return len(self.history) >= self.steps
+
+    def predicted_ms(self) -> list[float]:
+        keep = self.keep_counts()
+        return [m.predict(keep) for m in self.models]
+
+    # --- the training-loop hook ------------------------------------------------------------
+    def step(self) -> PruneStep | None:
+        """Call after ``loss.backward()``; prunes on schedule and returns the step it took, if any."""
+        if self._finalized:
+            raise RuntimeError("the pruner was finalized; the model is already physically pruned")
+        self.saliency.accumulate()
+        self.iteration += 1
+        due = self.iteration >= self.start and (self.iteration - self.start) % self.interval == 0
+        return self.prune_now() if due and not self.done else None
+
+    def prune_now(self) -> PruneStep:
+        """Take the next pruning step now, with the saliency gathered so far."""
+        importance = self.saliency.averages()
+        budgets = [b[len(self.history)] for b in self.budgets]
+        keep_now = self.keep_counts()
+        orders, counts, values, lo = [], [], [], []
+        for g, mask in enumerate(self.masks):
+            kept = np.flatnonzero(mask)
+            order = kept[np.argsort(-importance[g][kept], kind="stable")]
+            blocks = math.ceil(len(kept) / self.block_size)
+            c = np.minimum(np.arange(blocks + 1) * self.block_size, len(kept))
+            orders.append(order)
+            counts.append(c)
+            values.append(np.concatenate(([0.0], np.cumsum(importance[g][order])))[c])
+            lo.append(min(self.min_keep_blocks, blocks))
+        # costs are only defined where a group keeps channels: reuse the smallest allowed count below it
+        curve_counts = [np.maximum(c, c[m]) for c, m in zip(counts, lo, strict=True)]
+        curves = [lm.cost_curves(keep_now, curve_counts) for lm in self.models]
+        sums_now = [lm.table_sum(keep_now) for lm in self.models]
+        capacity = np.array(
+            [
+                (b - lm.calibration.b) / lm.calibration.a - s
+                for b, lm, s in zip(budgets, self.models, sums_now, strict=True)
+            ]
+        )
+        costs = [np.stack([c[g] for c in curves]) if len(curves) > 1 else curves[0][g] for g in range(len(counts))]
+        for tightenings in range(MAX_TIGHTENING):
+            try:
+                k = solve(values, costs, capacity if len(capacity) > 1 else float(capacity[0]), min_keep=lo)
+            except Infeasible as e:
+                raise Infeasible(
+                    f"step {len(self.history) + 1}: budget {budgets} ms is out of reach even keeping "
+                    f"{self.min_keep_blocks} block(s) per group: {e}"
+                ) from None
+            new_keep = np.array([c[kg] for c, kg in zip(counts, k, strict=True)])
+            predicted = [lm.predict(new_keep) for lm in self.models]
+            excess = np.array(
+                [(p - b) / lm.calibration.a for p, b, lm in zip(predicted, budgets, self.models, strict=True)]
+            )
+            if (excess <= 0).all():
+                break
+            capacity = capacity - np.maximum(excess, 0) * (1 + 0.25 * tightenings)  # the separable sum was optimistic
+        else:
+            raise Infeasible(f"step {len(self.history) + 1}: could not meet {budgets} ms after {MAX_TIGHTENING} tries")
+        total = sum(float(v[-1]) for v in values)
+        kept_value = sum(float(v[kg]) for v, kg in zip(values, k, strict=True))
+        for g, (order, c) in enumerate(zip(orders, new_keep, strict=True)):
+            self.masks[g][:] = False
+            self.masks[g][order[:c]] = True
+        self._apply_masks()
+        record = PruneStep(
+            step=len(self.history) + 1,
+            iteration=self.iteration,
+            budget_ms=budgets,
+            predicted_ms=predicted,
+            channels=new_keep.tolist(),
+            saliency_kept=kept_value / total if total > 0 else 1.0,
+            tightenings=tightenings,
+        )
+        self.history.append(record)
+        self.saliency.reset()
+        return record
+
+    # --- masks -----------------------------------------------------------------------------
+    def _apply_masks(self) -> None:
+        """Zero pruned channels at every output that carries them (conv/linear/BN of the group)."""
+        masks: dict[str, torch.Tensor] = {}
+        for group, mask in zip(self.graph.groups, self.masks, strict=True):
+            dropped = np.flatnonzero(~mask)
+            for item in group.maskable:
+                module = self.graph.module(item.module)
+                width = module.weight.shape[0] if getattr(module, "weight", None) is not None else module.num_features
+                m = masks.setdefault(item.module, torch.ones(width))
+                m[torch.as_tensor(item.idxs[np.isin(item.root_idxs, dropped)])] = 0.0
+        self._module_masks = masks
+        if not self._handles:
+            for name in masks:
+                self._handles.append(self.graph.module(name).register_forward_hook(self._mask_hook(name)))
+
+    def _mask_hook(self, name: str):
+        def hook(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            mask = self._module_masks[name].to(output.device, output.dtype)
+            shape = [1] * output.dim()
+            shape[-1 if isinstance(module, nn.Linear) else 1] = -1
+            return output * mask.view(shape)
+
+        return hook
+
+    def _remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def thinned_copy(self) -> nn.Module:
+        """A physically pruned deep copy of the current state (for end-to-end measurement)."""
+        from pruning_client.graph import pruned_copy
+
+        self._remove_hooks()
+        try:
+            keep = {g.root: np.flatnonzero(m) for g, m in zip(self.graph.groups, self.masks, strict=True)}
+            return pruned_copy(self.model, self.example_inputs, keep, ignored_layers=self.graph.fixed_layers)
+        finally:
+            if self.history:
+                self._apply_masks()
+
+    def finalize(self) -> nn.Module:
+        """Remove the masked channels for real; returns the (same, now smaller) model."""
+        if self._finalized:
+            return self.model
+        self._remove_hooks()
+        remove = {g: np.flatnonzero(~m) for g, m in enumerate(self.masks)}
+        try:
+            prune_groups(self.graph, remove)
+        except GraphError as e:
+            raise GraphError(f"cannot finalize: {e}") from None
+        self._finalized = True
+        return self.model
