@@ -165,10 +165,19 @@ def _solve_single(vals: list[np.ndarray], cost: list[np.ndarray], budget: float,
     cheapest = np.array([int(f.k[0]) for f in fronts])
     if _total(cost, cheapest) > budget:
         raise Infeasible(f"no choice fits the budget {budget:.6g}: the cheapest needs {_total(cost, cheapest):.6g}")
-    # Sequential float sums can differ from the exact sum by a few ulps: keep that much slack.
-    scale = abs(budget) + sum(float(np.abs(c).max()) for c in cost)
-    capacity = budget - 4 * len(cost) * np.finfo(np.float64).eps * scale
     bounds = _SuffixBounds(fronts)
+    keep = _branch_and_bound(fronts, bounds, vals, cost, budget, rtol)
+    if _total(cost, keep) <= budget:
+        return keep
+    # The DP adds costs in sequence, which can overshoot the exact sum by a few ulps: leave that slack.
+    scale = abs(budget) + sum(float(np.abs(c).max()) for c in cost)
+    return _branch_and_bound(fronts, bounds, vals, cost, budget - 4 * len(cost) * np.finfo(float).eps * scale, rtol)
+
+
+def _branch_and_bound(
+    fronts: list[_Frontier], bounds: _SuffixBounds, vals: list[np.ndarray], cost: list[np.ndarray],
+    capacity: float, rtol: float,
+) -> np.ndarray:  # fmt: skip
     incumbent = _greedy(fronts, bounds, capacity, cost)
     best = math.fsum(float(v[k]) for v, k in zip(vals, incumbent, strict=True))
 
@@ -183,7 +192,7 @@ def _solve_single(vals: list[np.ndarray], cost: list[np.ndarray], budget: float,
         if alive.size == 0:
             return incumbent
         alive = alive[np.lexsort((-new_value[alive], new_cost[alive]))]
-        c, v = new_cost[alive], new_value[alive]
+        v = new_value[alive]
         front = v > np.concatenate(([-np.inf], np.maximum.accumulate(v)[:-1]))
         alive = alive[front]
         state_cost, state_value = new_cost[alive], new_value[alive]
@@ -196,7 +205,7 @@ def _solve_single(vals: list[np.ndarray], cost: list[np.ndarray], budget: float,
     for i in range(len(fronts) - 1, -1, -1):
         keep[i] = fronts[i].k[options[i][winner]]
         winner = int(parents[i][winner])
-    return keep if _total(cost, keep) <= budget else incumbent
+    return keep
 
 
 def _pareto_multi(cost: np.ndarray, value: np.ndarray, lo: int) -> np.ndarray:

@@ -1,0 +1,136 @@
+"""Graph analysis: groups of every reference model and of odd topologies prune to valid, exportable nets."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from pruning_client.export import export_onnx
+from pruning_client.graph import analyse, prune_groups
+from pruning_client.models import MODELS
+
+
+class Concat(nn.Module):
+    """Two branches concatenated, then a conv over the concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.mix = nn.Sequential(nn.Conv2d(20, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.fc = nn.Linear(16 * 4 * 4, 5)
+
+    def forward(self, x):
+        y = self.mix(torch.cat([self.a(x), self.b(x)], 1))
+        return self.fc(nn.functional.adaptive_avg_pool2d(y, 4).flatten(1))
+
+
+class DepthwiseSeparable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16), nn.ReLU())
+        self.pw = nn.Sequential(nn.Conv2d(16, 24, 1), nn.BatchNorm2d(24), nn.ReLU())
+        self.head = nn.Linear(24, 4)
+
+    def forward(self, x):
+        return self.head(self.pw(self.dw(self.stem(x))).mean((2, 3)))
+
+
+class TwoConsumers(nn.Module):
+    """One branch feeds two convs whose outputs are added (no BN on one side)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(3, 10, 3, padding=1), nn.ReLU())
+        self.left = nn.Conv2d(10, 6, 3, padding=1)
+        self.right = nn.Conv2d(10, 6, 1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        t = self.trunk(x)
+        return self.fc((self.left(t) + self.right(t)).relu().mean((2, 3)))
+
+
+class SharedLayer(nn.Module):
+    """The same conv called twice: its latency counts twice, its channels are one group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.shared = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = self.shared(self.stem(x)).relu()
+        y = self.shared(y).relu()
+        return self.fc(y.mean((2, 3)))
+
+
+def module_channels(model: nn.Module, name: str) -> tuple[int, int]:
+    m = model.get_submodule(name)
+    return (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features)
+
+
+def prune_randomly_and_check(model: nn.Module, x: torch.Tensor, seed: int = 0) -> None:
+    model.eval()
+    graph = analyse(model, x)
+    assert graph.groups, "nothing prunable found"
+    rng = np.random.default_rng(seed)
+    keep = np.array([rng.integers(1, g.size + 1) for g in graph.groups])
+    expected_cin, expected_cout = graph.channels(keep)
+    output_widths = {name: module_channels(model, name)[1] for name in graph.fixed_layers}
+    prune_groups(
+        graph, {g.id: rng.choice(g.size, g.size - k, replace=False) for g, k in zip(graph.groups, keep, strict=True)}
+    )
+    with torch.no_grad():
+        out = model(x)
+    for lc, cin, cout in zip(graph.layers, expected_cin, expected_cout, strict=True):
+        assert module_channels(model, lc.module) == (cin, cout), lc.name
+    for name, width in output_widths.items():  # outputs keep their width
+        assert module_channels(model, name)[1] == width
+    onnx.checker.check_model(onnx.load_model_from_string(export_onnx(model, x)))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_reference_models_prune_to_random_counts(name):
+    torch.manual_seed(0)
+    model = MODELS[name](num_classes=10)
+    size = 224 if name == "vgg16_bn" else 64  # VGG's 7x7 pool needs >= 224 to export
+    outputs = prune_randomly_and_check(model, torch.randn(1, 3, size, size))
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    assert outputs[0].shape[0] == 1 and outputs[0].shape[-1] == 10  # class dimension untouched
+
+
+@pytest.mark.parametrize("cls", [Concat, DepthwiseSeparable, TwoConsumers, SharedLayer])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_odd_topologies_prune_to_random_counts(cls, seed):
+    torch.manual_seed(seed)
+    prune_randomly_and_check(cls(), torch.randn(2, 3, 16, 16), seed)
+
+
+def test_layer_shapes_and_coupling_are_recorded():
+    graph = analyse(DepthwiseSeparable(), torch.randn(1, 3, 16, 16), batch=8, dtype="fp16")
+    keys = {lc.name: lc.shape.key for lc in graph.layers}
+    assert keys["dw.0"] == "conv2d-k3x3-s1x1-p1x1-d1x1-gdw-h8w8-b8-fp16"
+    assert keys["stem.0"] == "conv2d-k3x3-s2x2-p1x1-d1x1-g1-h16w16-b8-fp16"
+    assert keys["head"] == "linear-t1-b8-fp16"
+    assert graph.fixed_layers == ["head"]
+    # stem, dw and the pointwise input share one group: the depthwise conv passes channels through
+    stem_group = np.flatnonzero(graph.f_out[[lc.name for lc in graph.layers].index("stem.0")])
+    dw_row = [lc.name for lc in graph.layers].index("dw.0")
+    assert graph.f_in[dw_row, stem_group] == 1 and graph.f_out[dw_row, stem_group] == 1
+
+    shared = analyse(SharedLayer(), torch.randn(1, 3, 8, 8))
+    assert [lc.name for lc in shared.layers] == ["stem.0", "shared", "shared#2", "fc"]
+
+
+def test_user_ignored_layers_stay_fixed():
+    model = TwoConsumers()
+    graph = analyse(model, torch.randn(1, 3, 8, 8), ignored_layers=[model.trunk[0]])
+    assert "trunk.0" in graph.fixed_layers
+    assert all(g.root != "trunk.0" for g in graph.groups)

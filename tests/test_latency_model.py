@@ -1,0 +1,72 @@
+"""The latency model, fed with tables measured on this machine's CPU, predicts measured latency."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from profiler_service.timing import TimingPolicy
+from pruning_client.graph import analyse, pruned_copy
+from pruning_client.latency import LatencyModel, LatencyTables, MissingPoints
+from pruning_client.local import LocalProfiler
+from pruning_client.models import resnet20
+
+BLOCK = 8  # ONNX Runtime's CPU kernels work on 8-channel blocks (NCHWc): HALP prunes in such blocks
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = resnet20(10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph = analyse(model, x)
+    profiler = LocalProfiler("onnxruntime", threads=1, policy=TimingPolicy(warmup_ms=10, max_ms=500))
+    return model, x, graph, profiler
+
+
+def random_keep(rng, sizes):
+    return np.array([max(BLOCK, int(rng.integers(s // 4, s + 1)) // BLOCK * BLOCK) for s in sizes])
+
+
+def test_prediction_within_10_percent_of_measurement(setup):
+    model, x, graph, profiler = setup
+    latency = LatencyModel(graph, profiler.tables())
+    rng = np.random.default_rng(0)
+
+    def measured(keep):
+        thin = pruned_copy(model, x, {g.root: np.arange(k) for g, k in zip(graph.groups, keep, strict=True)})
+        return profiler.measure_model(thin, x)
+
+    calibration = [graph.sizes, random_keep(rng, graph.sizes), random_keep(rng, graph.sizes)]
+    fit = latency.calibrate([(k, measured(k)) for k in calibration])
+    assert fit.a > 0 and all(abs(r) < 0.1 for r in fit.residuals)
+    errors = []
+    for _ in range(8):
+        keep = random_keep(rng, graph.sizes)
+        errors.append(abs(latency.predict(keep) - measured(keep)) / measured(keep))
+    assert max(errors) <= 0.10, np.round(errors, 3)
+
+
+def test_cost_curves_credit_both_sides_of_a_group(setup):
+    _, _, graph, _ = setup
+    # tables in which each layer costs cin * cout: the exact change is easy to compute by hand
+    tables = LatencyTables(fetch=lambda need: {k: {p: float(p[0] * p[1]) for p in pts} for k, pts in need.items()})
+    latency = LatencyModel(graph, tables)
+    keep = graph.sizes.copy()
+    g = next(i for i, grp in enumerate(graph.groups) if grp.root == "stem.0")  # 16 channels, a residual group
+    counts = [np.array([keep[i]]) for i in range(len(keep))]
+    counts[g] = np.array([8, 16])
+    curve = latency.cost_curves(keep, counts)[g]
+    smaller = keep.copy()
+    smaller[g] = 8
+    assert curve[1] == 0.0
+    assert curve[0] == pytest.approx(latency.table_sum(smaller) - latency.table_sum(keep))
+    out_only = latency.cost_curves(keep, counts, out_only=True)[g]
+    assert out_only[0] > curve[0]  # cout-only credit misses what the consumers save
+
+
+def test_missing_points_are_named_without_a_fetcher(setup):
+    _, _, graph, _ = setup
+    with pytest.raises(MissingPoints, match="not measured"):
+        LatencyModel(graph, LatencyTables()).predict(graph.sizes)

@@ -1,0 +1,55 @@
+"""A full HALPPruner run: ResNet-20 on the digits, to half its latency, keeps its accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from profiler_service.timing import TimingPolicy
+from pruning_client.data import digits
+from pruning_client.export import export_onnx
+from pruning_client.graph import analyse, pruned_copy
+from pruning_client.latency import LatencyModel
+from pruning_client.local import LocalProfiler
+from pruning_client.models import resnet20
+from pruning_client.pruner import HALPPruner, exponential_budgets
+from pruning_client.train import TrainConfig, evaluate, train
+
+
+def test_exponential_schedule_ends_at_the_target():
+    budgets = exponential_budgets(10.0, 5.0, 4)
+    assert budgets[-1] == pytest.approx(5.0)
+    assert all(a > b for a, b in zip([10.0, *budgets], budgets, strict=False))
+    assert budgets[1] / budgets[0] == pytest.approx(budgets[2] / budgets[1])
+
+
+def test_halp_prunes_resnet20_on_digits_to_budget_and_keeps_accuracy():
+    torch.manual_seed(0)
+    data = digits(input_size=32, batch_size=64, seed=0)
+    model = resnet20(10)
+    train(model, data.train, TrainConfig(epochs=6, lr=0.1))
+    accuracy_before = evaluate(model, data.val)
+    assert accuracy_before > 95
+
+    x = torch.randn(1, 3, 32, 32)
+    graph = analyse(model, x)
+    profiler = LocalProfiler("onnxruntime", threads=1, policy=TimingPolicy(warmup_ms=5, max_ms=300, rel_tol=0.02))
+    latency = LatencyModel(graph, profiler.tables())
+    half = np.maximum(8, graph.sizes // 2)
+    thin = pruned_copy(model, x, {g.root: np.arange(k) for g, k in zip(graph.groups, half, strict=True)})
+    latency.calibrate([(graph.sizes, profiler.measure_model(model, x)), (half, profiler.measure_model(thin, x))])
+
+    pruner = HALPPruner(model, x, latency, target_ratio=0.5, steps=8, interval=5, block_size=8)
+    train(model, data.train, TrainConfig(epochs=2, lr=0.02), pruner=pruner)
+    assert pruner.done
+    assert all(h.predicted_ms[0] <= h.budget_ms[0] for h in pruner.history)
+    pruned = pruner.finalize()
+    train(pruned, data.train, TrainConfig(epochs=6, lr=0.05))  # fine-tune the smaller network
+
+    keep = pruner.keep_counts()
+    assert latency.predict(keep) <= pruner.target_ms[0]
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in resnet20(10).parameters())
+    assert evaluate(pruned, data.val) >= accuracy_before - 2.0
+    onnx.checker.check_model(onnx.load_model_from_string(export_onnx(pruned, x)))
