@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from profiler_service.schemas import CHANNELS_SYNTAX, JobStatus, LutRequest, LutTable, parse_channels
 from profiler_service.shapes import GRAMMAR, InvalidLayerShape, parse_shape
+from pruning_client.models import MODELS
 from pruning_client.remote import ProfilerClient, ProfilerError
+from pruning_client.ui import RichUI
 
 app = typer.Typer(
     help="HALP: hardware-aware latency pruning. Profile layer latency on target devices, prune to a budget.",
@@ -66,12 +67,6 @@ def serve(
     uvicorn.run(create_app(settings, built), host=settings.host, port=settings.port, log_level=log_level)
 
 
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
-    )
-
-
 def _print_table(table: LutTable) -> None:
     couts = sorted({p.cout for p in table.points})
     console.print(f"[bold]{table.shape}[/] on {table.backend} ({table.fingerprint}), median latency in ms")
@@ -117,11 +112,10 @@ def lut(
             if cins is None:
                 table = client.table(key)
             else:
-                with progress_bar() as bar:
-                    task = bar.add_task(f"measuring {key}", total=None)
+                with RichUI(err) as ui:
 
                     def show(job: JobStatus) -> None:
-                        bar.update(task, completed=job.done, total=job.total)
+                        ui.bar("lut", f"measuring {key}", job.done, job.total)
 
                     table = client.ensure(key, LutRequest(cin=cins, cout=couts), progress=show)
     except ProfilerError as e:
@@ -132,6 +126,131 @@ def lut(
 
         staircase_plot(table, plot)
         console.print(f"plot written to {plot}")
+
+
+MODEL_HELP = f"reference model ({', '.join(sorted(MODELS))}) or module:factory"
+TARGET_HELP = "profiler service URL; repeat for several targets"
+DATA_HELP = "digits (scikit-learn, no download) or an ImageNet-style folder with train/ and val/"
+
+
+def _run_errors():
+    """User mistakes and unreachable services as one-line errors, never tracebacks."""
+    from pruning_client.data import DataError
+    from pruning_client.graph import GraphError
+    from pruning_client.knapsack import Infeasible
+    from pruning_client.models.registry import ModelError
+
+    return (ProfilerError, ModelError, DataError, GraphError, Infeasible, ValueError, FileNotFoundError)
+
+
+@app.command()
+def profile(
+    target: Annotated[list[str], typer.Option(help=TARGET_HELP)],
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "resnet18",
+    weights: Annotated[
+        Path, typer.Option(help="trained weights (state_dict or saved model; trusted files only)")
+    ] = None,
+    data: Annotated[
+        str, typer.Option(help="digits (32x32 inputs, 10 classes) or imagenet-style (224, 1000)")
+    ] = "digits",
+    input_size: Annotated[int, typer.Option(help="input height = width (default 32 for digits, else 224)")] = None,
+    batch: Annotated[int, typer.Option(help="deployment batch size")] = 1,
+    dtype: Annotated[str, typer.Option(help="fp32 or fp16")] = "fp32",
+    latency_ratio: Annotated[float, typer.Option(help="target latency / original latency")] = 0.5,
+    steps: Annotated[int, typer.Option(help="pruning steps of the run to prepare")] = 10,
+    block_size: Annotated[int, typer.Option(help="channels per block (default: per group, multiples of 8)")] = None,
+    token: Annotated[str, typer.Option(help="bearer token (default: HALP_API_TOKEN)")] = None,
+) -> None:
+    """Measure on every target the table points a pruning run of this model will need.
+
+    Rehearses the pruning schedule with weight-magnitude saliency (no data, no
+    training) and asks each service only for the points that are missing, so a
+    later `halp prune` with the same settings finds its tables ready.
+    """
+    from pruning_client.workflow import Run, RunSettings
+
+    settings = RunSettings(
+        targets=target, model=model, weights=weights, data=data, input_size=input_size, batch=batch, dtype=dtype,
+        latency_ratio=latency_ratio, steps=steps, block_size=block_size, token=token,
+    )  # fmt: skip
+    try:
+        with RichUI(err) as ui:
+            rows = Run(settings, ui).profile()
+    except _run_errors() as e:
+        raise _fail(str(e)) from None
+    grid = Table("target", "fingerprint", "points measured", "points already stored", "seconds")
+    for r in rows:
+        grid.add_row(
+            r["target"], r["fingerprint"], str(r["points_measured"]), str(r["points_cached"]), f"{r['seconds']:.0f}"
+        )
+    console.print(grid)
+
+
+@app.command()
+def prune(
+    target: Annotated[list[str], typer.Option(help=TARGET_HELP)],
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "resnet18",
+    weights: Annotated[
+        Path, typer.Option(help="trained weights (state_dict or saved model; trusted files only)")
+    ] = None,
+    latency_ratio: Annotated[float, typer.Option(help="target latency / original latency, on every target")] = 0.5,
+    data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
+    input_size: Annotated[int, typer.Option(help="input height = width (default 32 for digits, else 224)")] = None,
+    batch: Annotated[int, typer.Option(help="deployment batch size the latency is measured at")] = 1,
+    dtype: Annotated[str, typer.Option(help="deployment precision: fp32 or fp16")] = "fp32",
+    steps: Annotated[int, typer.Option(help="pruning steps (exponential budget schedule)")] = 10,
+    epochs: Annotated[int, typer.Option(help="fine-tuning epochs after the last pruning step")] = 3,
+    pretrain_epochs: Annotated[
+        int, typer.Option(help="train from scratch first (default 8 for digits without --weights)")
+    ] = None,
+    prune_epochs: Annotated[float, typer.Option(help="training epochs over which the pruning steps are spread")] = 1.0,
+    lr: Annotated[float, typer.Option(help="learning rate while pruning and fine-tuning")] = 0.02,
+    block_size: Annotated[int, typer.Option(help="channels per block (default: per group, multiples of 8)")] = None,
+    per_target: Annotated[bool, typer.Option(help="one model per target instead of one meeting every budget")] = False,
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("halp-out"),
+    token: Annotated[str, typer.Option(help="bearer token (default: HALP_API_TOKEN)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Prune a model until its latency, measured by each target's service, meets the budget.
+
+    Writes model.pt, model.onnx, report.json, report.md and plots to --out.
+    """
+    from pruning_client.workflow import Run, RunSettings
+
+    if dtype not in ("fp32", "fp16"):
+        raise _fail("--dtype must be fp32 or fp16")
+    settings = RunSettings(
+        targets=target, model=model, weights=weights, latency_ratio=latency_ratio, data=data, input_size=input_size,
+        batch=batch, dtype=dtype, steps=steps, epochs=epochs, pretrain_epochs=pretrain_epochs,
+        prune_epochs=prune_epochs, lr=lr, block_size=block_size, per_target=per_target, out=out, token=token,
+        seed=seed,
+    )  # fmt: skip
+    try:
+        with RichUI(err) as ui:
+            Run(settings, ui).prune()
+    except _run_errors() as e:
+        raise _fail(str(e)) from None
+    _print_report(out)
+
+
+def _print_report(directory: Path) -> None:
+    from pruning_client.report import ROWS, load_report
+
+    body = load_report(directory)
+    grid = Table("", *(t["target"] for t in body["targets"]), title=f"HALP report: {directory}")
+    for label, fmt in ROWS:
+        grid.add_row(label, *(fmt(t) for t in body["targets"]))
+    console.print(grid)
+    console.print(f"outputs in {directory}: model.pt, model.onnx, report.json, report.md, plots")
+
+
+@app.command()
+def report(directory: Annotated[Path, typer.Argument(help="the --out directory of a finished halp prune")]) -> None:
+    """Print the report of a finished run as a table."""
+    try:
+        _print_report(directory)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise _fail(str(e)) from None
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,6 +11,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 MEAN, STD = 0.5, 0.5
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class DataError(ValueError):
+    """A dataset path or layout that cannot be used."""
 
 
 @dataclass
@@ -63,3 +71,71 @@ def digits(input_size: int = 32, batch_size: int = 64, val_fraction: float = 0.2
         num_classes=10,
         input_size=input_size,
     )
+
+
+class ImageFolder(Dataset):
+    """``root/<class>/<image>`` as in torchvision, decoded with Pillow; classes are the sorted folder names."""
+
+    def __init__(self, root: Path, classes: list[str], input_size: int, train: bool, seed: int = 0) -> None:
+        self.samples = [
+            (path, label)
+            for label, name in enumerate(classes)
+            for path in sorted((root / name).rglob("*"))
+            if path.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        if not self.samples:
+            raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+        self.input_size, self.train = input_size, train
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            short = round(self.input_size * 1.14)  # resize 256 -> crop 224, at any size
+            scale = short / min(img.size)
+            img = img.resize((max(short, round(img.width * scale)), max(short, round(img.height * scale))))
+            array = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        h, w = array.shape[1:]
+        if self.train:
+            top, left = (int(torch.randint(0, d - self.input_size + 1, (1,), generator=self.gen)) for d in (h, w))
+        else:
+            top, left = (h - self.input_size) // 2, (w - self.input_size) // 2
+        crop = array[:, top : top + self.input_size, left : left + self.input_size]
+        if self.train and bool(torch.rand(1, generator=self.gen) < 0.5):
+            crop = crop.flip(2)
+        return (crop - IMAGENET_MEAN) / IMAGENET_STD, label
+
+
+def image_folder(root: Path, input_size: int = 224, batch_size: int = 64, seed: int = 0) -> Loaders:
+    """An ImageNet-style directory with ``train/`` and ``val/``, one sub-folder per class."""
+    root = Path(root)
+    train_dir, val_dir = root / "train", root / "val"
+    for d in (train_dir, val_dir):
+        if not d.is_dir():
+            raise DataError(f"{root} needs train/ and val/ folders with one sub-folder per class; {d} is missing")
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise DataError(f"{train_dir} has {len(classes)} class folders; need at least 2")
+    gen = torch.Generator().manual_seed(seed)
+    return Loaders(
+        DataLoader(ImageFolder(train_dir, classes, input_size, True, seed), batch_size, shuffle=True, generator=gen),
+        DataLoader(ImageFolder(val_dir, classes, input_size, False), batch_size),
+        num_classes=len(classes),
+        input_size=input_size,
+    )
+
+
+def load_data(spec: str, input_size: int | None, batch_size: int, seed: int = 0) -> Loaders:
+    """``digits`` (scikit-learn, 32x32 by default) or the path of an ImageNet-style folder (224 by default)."""
+    if spec == "digits":
+        return digits(input_size or 32, batch_size, seed=seed)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"--data {spec!r}: neither 'digits' nor an existing directory")
+    return image_folder(path, input_size or 224, batch_size, seed)

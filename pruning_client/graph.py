@@ -177,7 +177,17 @@ def analyse(
     ignored_layers: Sequence[nn.Module] = (),
 ) -> ModelGraph:
     """Groups and layer calls of ``model``; ``batch``/``dtype`` are the deployment's, for the keys."""
-    inputs = _as_tuple(example_inputs)
+    was_training = model.training
+    model.eval()  # tracing must not update BN statistics, and must work at batch 1
+    try:
+        return _analyse(model, _as_tuple(example_inputs), batch, dtype, ignored_layers)
+    finally:
+        model.train(was_training)
+
+
+def _analyse(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], batch: int | None, dtype: Dtype, ignored_layers
+) -> ModelGraph:
     batch = batch or int(inputs[0].shape[0])
     calls, output_layers = _trace_calls(model, inputs)
     if not calls:

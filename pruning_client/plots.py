@@ -11,10 +11,7 @@ MAX_CURVES = 4
 
 def staircase_plot(table: LutTable, path: Path, marked_cout: int | None = None) -> Path:
     """Latency against cout for a few cin, with the p10-p90 band: the staircase of SPEC 1."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     cins = sorted({p.cin for p in table.points})
     if len(cins) > MAX_CURVES:  # spread the curves over the range
@@ -37,6 +34,77 @@ def staircase_plot(table: LutTable, path: Path, marked_cout: int | None = None) 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def latency_steps_plot(report: dict, path: Path) -> Path:
+    """Predicted and measured latency at each pruning step, per target, against the budgets."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    steps = [h["step"] for h in report["history"]]
+    for t, target in enumerate(report["targets"]):
+        label = target["target"]
+        line = ax.plot(steps, [h["predicted_ms"][t] for h in report["history"]], "o-", label=f"predicted {label}")[0]
+        ax.plot(
+            steps, [h["budget_ms"][t] for h in report["history"]], ":", color=line.get_color(), label=f"budget {label}"
+        )
+        measured = [(h["step"], h["measured_ms"][t]) for h in report["history"] if h.get("measured_ms")]
+        if measured:
+            ax.plot(*zip(*measured, strict=True), "s--", color=line.get_color(), label=f"measured {label}")
+        ax.axhline(target["latency_after_ms"], color=line.get_color(), alpha=0.4, label=f"final measured {label}")
+    ax.set_xlabel("pruning step")
+    ax.set_ylabel("latency (ms)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def channels_plot(report: dict, path: Path) -> Path:
+    """Output channels of every layer before and after pruning."""
+    plt = _pyplot()
+    names = list(report["channels"])
+    before = [report["channels"][n]["before"][1] for n in names]
+    after = [report["channels"][n]["after"][1] for n in names]
+    fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.25), 4.5))
+    xs = range(len(names))
+    ax.bar(xs, before, color="lightgray", label="before")
+    ax.bar(xs, after, color="tab:blue", label="after")
+    ax.set_xticks(list(xs), names, rotation=90, fontsize=6)
+    ax.set_ylabel("output channels")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def chosen_staircase_plot(staircase: dict, path: Path) -> Path:
+    """One layer's measured latency against cout at its final cin, with the count HALP kept."""
+    plt = _pyplot()
+    xs, ys = zip(*staircase["points"], strict=True)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.step(xs, ys, where="mid")
+    ax.axvline(staircase["chosen_cout"], color="k", linestyle="--", label=f"kept cout={staircase['chosen_cout']}")
+    ax.set_xlabel(f"output channels of {staircase['layer']} (cin={staircase['cin']})")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(staircase["shape"], fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

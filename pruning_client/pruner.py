@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,16 @@ class PruneStep:
     tightenings: int
 
 
+def auto_block_sizes(sizes: Sequence[int], align: int = 8, max_blocks: int = 16) -> list[int]:
+    """Per-group blocks: multiples of ``align`` channels, at most ``max_blocks`` choices per group.
+
+    Kernels tile channels (8 on CPUs' NCHWc layout, 8-32 on GPUs), and fewer
+    choices per group means fewer table points to measure; the paper used 32
+    for bottleneck convs and 64-128 for residual groups of ResNet-50.
+    """
+    return [max(align, math.ceil(s / max_blocks / align) * align) for s in sizes]
+
+
 def exponential_budgets(full: float, target: float, steps: int) -> list[float]:
     """Budgets of steps 1..S shrinking geometrically from ``full`` to ``target`` (as in the paper)."""
     return [math.exp((s / steps) * math.log(target) + (1 - s / steps) * math.log(full)) for s in range(1, steps + 1)]
@@ -51,7 +62,7 @@ class HALPPruner:
         target_ratio: float | Sequence[float],
         steps: int = 10,
         interval: int = 10,
-        block_size: int = 8,
+        block_size: int | Sequence[int] = 8,
         start: int = 0,
         min_keep_blocks: int = 1,
     ) -> None:
@@ -64,10 +75,13 @@ class HALPPruner:
         ratios = [target_ratio] * len(self.models) if isinstance(target_ratio, int | float) else list(target_ratio)
         if len(ratios) != len(self.models) or not all(0 < r <= 1 for r in ratios):
             raise ValueError("target_ratio: one ratio in (0, 1] per target")
-        if steps < 1 or interval < 1 or block_size < 1 or min_keep_blocks < 1:
-            raise ValueError("steps, interval, block_size and min_keep_blocks must be positive")
+        sizes = [block_size] * len(self.graph.groups) if isinstance(block_size, int) else list(block_size)
+        if len(sizes) != len(self.graph.groups) or min(sizes) < 1:
+            raise ValueError(f"block_size: a positive int or one per group ({len(self.graph.groups)})")
+        if steps < 1 or interval < 1 or min_keep_blocks < 1:
+            raise ValueError("steps, interval and min_keep_blocks must be positive")
         self.model, self.example_inputs = model, example_inputs
-        self.steps, self.interval, self.block_size, self.start = steps, interval, block_size, start
+        self.steps, self.interval, self.block_sizes, self.start = steps, interval, sizes, start
         self.min_keep_blocks = min_keep_blocks
         self.saliency = TaylorSaliency(self.graph)
         self.masks = [np.ones(g.size, dtype=bool) for g in self.graph.groups]
@@ -103,23 +117,31 @@ class HALPPruner:
         due = self.iteration >= self.start and (self.iteration - self.start) % self.interval == 0
         return self.prune_now() if due and not self.done else None
 
-    def prune_now(self) -> PruneStep:
-        """Take the next pruning step now, with the saliency gathered so far."""
-        importance = self.saliency.averages()
-        budgets = [b[len(self.history)] for b in self.budgets]
+    def prune_now(self, importance: list[np.ndarray] | None = None, budgets: list[float] | None = None) -> PruneStep:
+        """Take the next pruning step now, with the saliency gathered so far (or the one given).
+
+        ``budgets`` (ms per target) overrides the schedule: a repair step after
+        the schedule when measured latency came out above the prediction.
+        """
+        importance = self.saliency.averages() if importance is None else importance
+        if budgets is None:
+            if self.done:
+                raise RuntimeError("the schedule is complete; pass budgets for an extra step")
+            budgets = [b[len(self.history)] for b in self.budgets]
         keep_now = self.keep_counts()
         orders, counts, values, lo = [], [], [], []
         for g, mask in enumerate(self.masks):
             kept = np.flatnonzero(mask)
             order = kept[np.argsort(-importance[g][kept], kind="stable")]
-            blocks = math.ceil(len(kept) / self.block_size)
-            c = np.minimum(np.arange(blocks + 1) * self.block_size, len(kept))
+            blocks = math.ceil(len(kept) / self.block_sizes[g])
+            c = np.minimum(np.arange(blocks + 1) * self.block_sizes[g], len(kept))
             orders.append(order)
             counts.append(c)
             values.append(np.concatenate(([0.0], np.cumsum(importance[g][order])))[c])
             lo.append(min(self.min_keep_blocks, blocks))
         # costs are only defined where a group keeps channels: reuse the smallest allowed count below it
         curve_counts = [np.maximum(c, c[m]) for c, m in zip(counts, lo, strict=True)]
+        self._prefetch([lm.curve_points(keep_now, curve_counts) for lm in self.models])
         curves = [lm.cost_curves(keep_now, curve_counts) for lm in self.models]
         sums_now = [lm.table_sum(keep_now) for lm in self.models]
         capacity = np.array(
@@ -138,6 +160,7 @@ class HALPPruner:
                     f"{self.min_keep_blocks} block(s) per group: {e}"
                 ) from None
             new_keep = np.array([c[kg] for c, kg in zip(counts, k, strict=True)])
+            self._prefetch([lm.points_for(new_keep) for lm in self.models])
             predicted = [lm.predict(new_keep) for lm in self.models]
             excess = np.array(
                 [(p - b) / lm.calibration.a for p, b, lm in zip(predicted, budgets, self.models, strict=True)]
@@ -165,6 +188,14 @@ class HALPPruner:
         self.history.append(record)
         self.saliency.reset()
         return record
+
+    def _prefetch(self, needs: list) -> None:
+        """Fill every target's missing points at once: remote targets measure in parallel."""
+        if len(self.models) == 1:
+            self.models[0].tables.require(needs[0])
+            return
+        with ThreadPoolExecutor(len(self.models)) as pool:
+            list(pool.map(lambda pair: pair[0].tables.require(pair[1]), zip(self.models, needs, strict=True)))
 
     # --- masks -----------------------------------------------------------------------------
     def _apply_masks(self) -> None:

@@ -124,3 +124,106 @@ class ProfilerClient:
         data = {"input_shape": input_shape} if input_shape else {}
         files = {"model": ("model.onnx", onnx_bytes, "application/octet-stream")}
         return MeasureResult.model_validate(self._request("POST", "/measure", files=files, data=data).json())
+
+
+class FingerprintChanged(ProfilerError):
+    """A target answered with another device fingerprint than at the start of the run."""
+
+
+TargetProgress = Callable[[str, int, int], None]
+"""``progress(target_url, points_done, points_total)`` while a target measures."""
+
+
+class RemoteTarget:
+    """One target of a run: device fingerprint pinned at start, tables cached under it.
+
+    ``fetch`` has the signature ``LatencyTables`` expects, so a latency model
+    asks for exactly the points it needs and this fills them: from the cache,
+    else by POST /lut (only the missing points), waiting for the jobs.
+    """
+
+    def __init__(self, client: ProfilerClient, cache=None, progress: TargetProgress | None = None) -> None:
+        self.client = client
+        self.url = client.base_url
+        self.cache = cache
+        self.progress = progress
+        self.device = client.device()
+        self.fingerprint = self.device.fingerprint
+        self.measured_points = 0
+        self.cached_points = 0
+
+    def check(self, fingerprint: str, what: str) -> None:
+        if fingerprint != self.fingerprint:
+            raise FingerprintChanged(
+                f"target {self.url} changed device mid-run: fingerprint {self.fingerprint} at start, "
+                f"{fingerprint} for {what}; refusing to mix their tables (restart the run)"
+            )
+
+    def tables(self):
+        from pruning_client.latency import LatencyTables
+
+        return LatencyTables(fetch=self.fetch, fingerprint=self.fingerprint)
+
+    def fetch(self, needed: dict[str, set[tuple[int, int]]]) -> dict[str, dict[tuple[int, int], float]]:
+        out: dict[str, dict[tuple[int, int], float]] = {}
+        missing: dict[str, list[tuple[int, int]]] = {}
+        for key, points in needed.items():
+            cached = self.cache.load(self.fingerprint, key) if self.cache else {}
+            out[key] = {p: cached[p] for p in points if p in cached}
+            self.cached_points += len(out[key])
+            lack = sorted(set(points) - out[key].keys())
+            if lack:
+                missing[key] = lack
+        if missing:
+            self._measure(missing, out)
+        return out
+
+    def _measure(self, missing: dict[str, list[tuple[int, int]]], out: dict) -> None:
+        from profiler_service.shapes import MAX_POINTS_PER_REQUEST
+
+        jobs: list[JobStatus] = []
+        for key, points in missing.items():
+            for i in range(0, len(points), MAX_POINTS_PER_REQUEST):
+                answer = self.request_points(key, points[i : i + MAX_POINTS_PER_REQUEST])
+                if isinstance(answer, JobStatus):
+                    jobs.append(answer)
+        self.wait_all(jobs)
+        for key, points in missing.items():
+            table = self.client.table(key, sorted({c for c, _ in points}), sorted({c for _, c in points}))
+            self.check(table.fingerprint, f"table {key}")
+            got = {(p.cin, p.cout): p.median_ms for p in table.points}
+            lost = [p for p in points if p not in got]
+            if lost:
+                raise ProfilerError(f"{self.url} did not return {len(lost)} points of {key}, e.g. {lost[0]}")
+            selected = {p: got[p] for p in points}
+            out[key].update(selected)
+            self.measured_points += len(selected)
+            if self.cache:
+                self.cache.store(self.fingerprint, key, selected)
+
+    def request_points(self, key: str, points: list[tuple[int, int]]) -> LutTable | JobStatus:
+        return self.client.request(key, LutRequest(points=points))
+
+    def wait_all(self, jobs: list[JobStatus], poll: float = 0.25) -> None:
+        """Wait for every job, reporting the points done over all of them."""
+        pending = {j.id: j for j in jobs}
+        total = sum(j.total for j in jobs)
+        finished = 0
+        while pending:
+            for job_id in list(pending):
+                job = self.client.job(job_id)
+                if job.state == "failed":
+                    raise ProfilerError(f"{self.url}: job {job.id} failed: {job.error}")
+                pending[job_id] = job
+                if job.state == "done":
+                    finished += job.total
+                    del pending[job_id]
+            if self.progress:
+                self.progress(self.url, finished + sum(j.done for j in pending.values()), total)
+            if pending:
+                time.sleep(poll)
+
+    def measure(self, onnx_bytes: bytes, input_shape: str | None = None) -> MeasureResult:
+        result = self.client.measure(onnx_bytes, input_shape)
+        self.check(result.fingerprint, "a model measurement")
+        return result

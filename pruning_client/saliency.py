@@ -57,3 +57,21 @@ class TaylorSaliency:
         for s in self._sums:
             s.zero_()
         self.batches = 0
+
+
+@torch.no_grad()
+def magnitude_saliency(graph: ModelGraph) -> list[np.ndarray]:
+    """Data-free stand-in for Taylor saliency (|gamma| of the BNs, else filter norms).
+
+    Used to rehearse a pruning run before any training (``halp profile``), so
+    the tables that run will ask for can be measured ahead of time.
+    """
+    out = []
+    for group in graph.groups:
+        total = torch.zeros(group.size, dtype=torch.float64)
+        for item in group.bns or group.producers:
+            weight = graph.module(item.module).weight.detach()
+            per_channel = weight.abs() if weight.dim() == 1 else weight.reshape(weight.shape[0], -1).norm(dim=1)
+            total.index_add_(0, torch.as_tensor(item.root_idxs), per_channel[torch.as_tensor(item.idxs)].double())
+        out.append(total.numpy())
+    return out

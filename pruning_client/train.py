@@ -65,4 +65,4 @@ def train(
             scheduler.step()
             i += 1
             if on_iteration:
-                on_iteration(i, total, float(loss))
+                on_iteration(i, total, loss.item())

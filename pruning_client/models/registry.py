@@ -1,0 +1,52 @@
+"""Model construction from a registry name or ``module:factory``, and weight loading."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pruning_client.models import MODELS
+
+
+class ModelError(ValueError):
+    """A model name, factory or weights file that cannot be used."""
+
+
+def build_model(spec: str, num_classes: int) -> nn.Module:
+    """``resnet18`` (see MODELS) or ``package.module:factory``; the factory gets num_classes if it takes it."""
+    if spec in MODELS:
+        return MODELS[spec](num_classes=num_classes)
+    if ":" not in spec:
+        raise ModelError(f"unknown model {spec!r}: use one of {', '.join(sorted(MODELS))} or module:factory")
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ModelError(f"cannot load {spec!r}: {e}") from None
+    params = inspect.signature(factory).parameters
+    model = factory(num_classes=num_classes) if "num_classes" in params else factory()
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    """A state_dict, or a whole pickled model (as ``halp prune`` saves), from ``path``."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise ModelError(f"cannot read weights {path}: {e}") from None
+    if isinstance(obj, nn.Module):
+        return obj
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} holds neither a state_dict nor a model")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelError(f"weights {path} do not fit the model: {str(e).splitlines()[0]}") from None
+    return model

@@ -1,0 +1,146 @@
+"""Outputs of a pruning run: model files, report.json, report.md, plots; and reading them back."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pruning_client import plots
+
+REPORT_JSON = "report.json"
+
+
+@dataclasses.dataclass
+class TargetReport:
+    target: str
+    fingerprint: str
+    backend: str
+    accelerator: str
+    latency_before_ms: float
+    latency_before_p10_ms: float
+    latency_before_p90_ms: float
+    latency_after_ms: float
+    latency_after_p10_ms: float
+    latency_after_p90_ms: float
+    predicted_after_ms: float
+    target_ms: float
+    speedup: float
+    accuracy_before: float
+    accuracy_after: float
+    calibration_a: float
+    calibration_b: float
+    calibration_residuals: list[float]
+    points_measured: int
+    points_cached: int
+
+    @property
+    def ratio(self) -> float:
+        return self.latency_after_ms / self.latency_before_ms
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items() if k != "token"}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_report(
+    out: Path,
+    *,
+    settings,
+    reports: list[TargetReport],
+    history,
+    measured_steps: list[list[float]],
+    channels_before: dict[str, tuple[int, int]],
+    channels_after: dict[str, tuple[int, int]],
+    model: nn.Module,
+    onnx_bytes: bytes,
+    staircase: dict | None,
+    seconds: float,
+) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model, out / "model.pt")  # architecture + weights: the pruned shapes are not a registry model
+    (out / "model.onnx").write_bytes(onnx_bytes)
+    body = {
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "settings": _jsonable(dataclasses.asdict(settings)),
+        "targets": [{**dataclasses.asdict(r), "latency_ratio": r.ratio} for r in reports],
+        "history": [
+            {**dataclasses.asdict(h), "measured_ms": measured_steps[i] if i < len(measured_steps) else None}
+            for i, h in enumerate(history)
+        ],
+        "channels": {
+            name: {"before": list(channels_before[name]), "after": list(channels_after.get(name, (0, 0)))}
+            for name in channels_before
+        },
+        "staircase": staircase,
+        "seconds": seconds,
+    }
+    (out / REPORT_JSON).write_text(json.dumps(body, indent=2))
+    (out / "report.md").write_text(markdown(body))
+    plots.latency_steps_plot(body, out / "latency_steps.png")
+    plots.channels_plot(body, out / "channels.png")
+    if staircase:
+        plots.chosen_staircase_plot(staircase, out / "staircase.png")
+    return out
+
+
+def load_report(directory: Path) -> dict:
+    path = Path(directory) / REPORT_JSON
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: is {directory} the --out of a finished halp prune?") from None
+    except ValueError as e:
+        raise ValueError(f"{path} is not a readable report: {e}") from None
+
+
+def _spread(t: dict, when: str) -> str:
+    return f"{t[f'latency_{when}_ms']:.3f} [{t[f'latency_{when}_p10_ms']:.3f}-{t[f'latency_{when}_p90_ms']:.3f}]"
+
+
+ROWS = [
+    ("latency before (ms)", lambda t: _spread(t, "before")),
+    ("latency after (ms)", lambda t: _spread(t, "after")),
+    ("predicted after (ms)", lambda t: f"{t['predicted_after_ms']:.3f}"),
+    ("target (ms)", lambda t: f"{t['target_ms']:.3f}"),
+    ("after / before", lambda t: f"{t['latency_ratio']:.3f}"),
+    ("speedup", lambda t: f"{t['speedup']:.2f}x"),
+    ("accuracy before (%)", lambda t: f"{t['accuracy_before']:.2f}"),
+    ("accuracy after (%)", lambda t: f"{t['accuracy_after']:.2f}"),
+    ("device", lambda t: f"{t['backend']} on {t['accelerator']} ({t['fingerprint']})"),
+    ("table points measured / cached", lambda t: f"{t['points_measured']} / {t['points_cached']}"),
+]  # fmt: skip
+
+
+def markdown(body: dict) -> str:
+    s = body["settings"]
+    lines = [
+        f"# HALP pruning report: {s['model']} on {s['data']}",
+        "",
+        f"Latency ratio {s['latency_ratio']}, batch {s['batch']}, {s['dtype']}, {s['steps']} pruning steps, "
+        f"{s['epochs']} fine-tuning epochs; {body['seconds']:.0f} s; {body['created']}.",
+        "",
+        "| | " + " | ".join(t["target"] for t in body["targets"]) + " |",
+        "|---|" + "---|" * len(body["targets"]),
+    ]
+    for label, fmt in ROWS:
+        lines.append(f"| {label} | " + " | ".join(fmt(t) for t in body["targets"]) + " |")
+    lines += ["", "Latencies are medians measured by each target's profiler service, with [p10-p90].", ""]
+    lines += ["## Channels per layer", "", "| layer | before (cin, cout) | after (cin, cout) |", "|---|---|---|"]
+    for name, c in body["channels"].items():
+        lines.append(f"| {name} | {tuple(c['before'])} | {tuple(c['after'])} |")
+    lines += ["", "![latency per step](latency_steps.png)", "", "![channels](channels.png)", ""]
+    if body.get("staircase"):
+        lines += ["![staircase](staircase.png)", ""]
+    return "\n".join(lines)
