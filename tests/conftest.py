@@ -32,6 +32,7 @@ class ServiceProcess:
     db: Path
     env: dict[str, str] = field(default_factory=dict)
     backend: str = "onnxruntime"
+    threads: int = 1
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log: Path | None = None
@@ -44,7 +45,8 @@ class ServiceProcess:
         env = {**os.environ, "HALP_CACHE_DIR": str(self.db.parent), **self.env}
         cmd = [
             sys.executable, "-m", "pruning_client.cli", "serve", "--backend", self.backend,
-            "--db", f"sqlite:///{self.db}", "--port", str(self.port), "--threads", "1", "--log-level", "warning",
+            "--db", f"sqlite:///{self.db}", "--port", str(self.port), "--threads", str(self.threads),
+            "--log-level", "warning",
         ]  # fmt: skip
         self.log = self.db.with_suffix(f".{self.port}.log")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)

@@ -1,0 +1,77 @@
+"""`halp profile`, `halp prune` and `halp report` end to end against a real CPU service."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import torch
+
+from tests.test_remote import metric
+
+
+def halp(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pruning_client.cli", *args], capture_output=True, text=True, timeout=900, env=env
+    )
+
+
+def cache_env(tmp_path, name: str) -> dict:
+    import os
+
+    return {**os.environ, "HALP_CACHE_DIR": str(tmp_path / name)}
+
+
+def test_profile_asks_only_for_missing_points(service, tmp_path):
+    args = ("profile", "--model", "resnet20", "--target", service.url, "--steps", "3", "--latency-ratio", "0.6")
+    first = halp(*args, env=cache_env(tmp_path, "c1"))
+    assert first.returncode == 0, first.stderr
+    measured = metric(service.url, "halp_points_measured_total")
+    assert measured > 0
+    # a second client with an empty cache: the service already has every point, so it measures none
+    second = halp(*args, env=cache_env(tmp_path, "c2"))
+    assert second.returncode == 0, second.stderr
+    assert metric(service.url, "halp_points_measured_total") == measured
+
+
+def test_prune_writes_a_model_that_meets_the_budget_and_a_report(service, tmp_path):
+    out = tmp_path / "run"
+    result = halp(
+        "prune", "--model", "resnet20", "--target", service.url, "--latency-ratio", "0.7", "--data", "digits",
+        "--steps", "3", "--epochs", "1", "--pretrain-epochs", "3", "--out", str(out),
+        env=cache_env(tmp_path, "cache"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    (target,) = report["targets"]
+    for key in ("target", "fingerprint", "latency_before_ms", "latency_after_ms", "predicted_after_ms", "speedup",
+                "accuracy_before", "accuracy_after"):  # fmt: skip
+        assert key in target
+    assert target["target"] == service.url
+    assert target["latency_after_ms"] <= 0.7 * target["latency_before_ms"] * 1.05
+    assert target["accuracy_after"] > 50
+    assert len(report["history"]) >= 3
+    for name in ("model.onnx", "model.pt", "report.md", "latency_steps.png", "channels.png", "staircase.png"):
+        assert (out / name).stat().st_size > 0, name
+    onnx.checker.check_model(onnx.load(out / "model.onnx"))
+    model = torch.load(out / "model.pt", weights_only=False)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+    shown = halp("report", str(out))
+    assert shown.returncode == 0 and "speedup" in shown.stdout and service.url in shown.stdout
+
+
+def test_prune_mistakes_are_clear_errors(service, tmp_path):
+    for args, message in [
+        (("--model", "resnet999"), "unknown model"),
+        (("--data", str(tmp_path / "nope")), "neither 'digits' nor an existing directory"),
+        (("--latency-ratio", "1.5"), "latency-ratio"),
+        (("--dtype", "int4"), "--dtype"),
+    ]:
+        out = halp("prune", "--target", service.url, *args, "--out", str(tmp_path / "x"))
+        assert out.returncode == 2, (args, out.stderr)
+        assert message in out.stderr and "Traceback" not in out.stderr
+    missing = halp("report", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "not found" in missing.stderr
