@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -251,6 +252,29 @@ def report(directory: Annotated[Path, typer.Argument(help="the --out directory o
         _print_report(directory)
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise _fail(str(e)) from None
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("halp-demo"),
+    latency_ratio: Annotated[float, typer.Option(help="target latency / original latency")] = 0.5,
+) -> None:
+    """The embedded default: a local CPU profiler, a ResNet-20 trained on the digits, pruned to half its latency.
+
+    Starts `halp serve` on a free loopback port (stopped again at the end, on
+    failure or Ctrl-C), trains, prunes with HALP, fine-tunes, and prints the
+    measured latency and test accuracy before and after. A few minutes on 2 cores.
+    """
+    from pruning_client.demo import run_demo
+
+    start = time.perf_counter()
+    try:
+        with RichUI(err) as ui:
+            run_demo(out, ui, latency_ratio)
+    except (*_run_errors(), RuntimeError) as e:
+        raise _fail(str(e)) from None
+    _print_report(out)
+    console.print(f"time spent: {time.perf_counter() - start:.0f} s")
 
 
 def main() -> None:
