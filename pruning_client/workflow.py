@@ -209,7 +209,8 @@ class Run:
         size = self.s.input_size or (32 if self.s.data == "digits" else 224)
         graph, targets, example, deploy = self.setup(model, size)
         try:
-            self.calibrate(targets, model, graph, example, deploy)
+            # Uncalibrated (a=1, b=0): budgets are fractions of the table sum, so the same tables give
+            # the same rehearsal, and a second profile of the same settings measures nothing new.
             rehearsal = HALPPruner(
                 model, example, [t.latency for t in targets], self.s.latency_ratio, self.s.steps, 1,
                 self.block_sizes(graph),
@@ -275,6 +276,7 @@ class Run:
                 + " ms, predicted "
                 + ", ".join(f"{p:.3f}" for p in record.predicted_ms)
                 + f" ms, saliency kept {100 * record.saliency_kept:.1f} %"
+                + ("" if record.met else " (budget out of reach: kept the minimum blocks)")
             )
             if self.s.measure_steps:
                 thin = pruner.thinned_copy()
