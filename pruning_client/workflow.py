@@ -270,8 +270,9 @@ class Run:
         measured_steps: list[list[float]] = []
 
         def after_step(record: PruneStep) -> None:
+            label = f"step {record.step}/{self.s.steps}" if record.step <= self.s.steps else "repair step"
             self.ui.stage(
-                f"step {record.step}/{self.s.steps}: budget "
+                f"{label}: budget "
                 + ", ".join(f"{b:.3f}" for b in record.budget_ms)
                 + " ms, predicted "
                 + ", ".join(f"{p:.3f}" for p in record.predicted_ms)

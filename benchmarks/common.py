@@ -1,0 +1,58 @@
+"""Shared by the benchmark scripts: arguments, machine facts, result files."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+
+def parse_args(description: str, extra=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="a small run that keeps the script working (CI)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON and plots")
+    if extra:
+        extra(parser)
+    return parser.parse_args()
+
+
+def machine() -> dict:
+    import numpy
+    import onnxruntime
+    import torch
+
+    from profiler_service.backends.base import cpu_name
+
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write(out: Path, name: str, body: dict, quick: bool) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}{'-quick' if quick else ''}.json"
+    path.write_text(json.dumps({"benchmark": name, "quick": quick, "machine": machine(), **body}, indent=2))
+    print(f"wrote {path}")
+    return path
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
