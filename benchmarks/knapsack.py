@@ -15,10 +15,8 @@ import time
 
 import numpy as np
 from common import parse_args, pyplot, write
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import coo_array
 
-from pruning_client.knapsack import solve, solve_paper
+from pruning_client.knapsack import Infeasible, solve, solve_milp, solve_paper
 
 RESNET50_CONVS = (
     [64] + [64, 64, 256, 256] + [64, 64, 256] * 2 + [128, 128, 512, 512] + [128, 128, 512] * 3
@@ -43,21 +41,10 @@ def instance(rng, sizes, targets=1, units=20_000):
 
 
 def milp_full(values, costs, budget):
-    rows = [np.atleast_2d(c) for c in costs]
-    n = sum(len(v) for v in values)
-    group = np.concatenate([np.full(len(v), g) for g, v in enumerate(values)])
-    a = np.vstack([np.concatenate([r[t] for r in rows]) for t in range(rows[0].shape[0])])
-    one = coo_array((np.ones(n), (group, np.arange(n))), shape=(len(values), n)).tocsr()
-    res = milp(
-        -np.concatenate(values), constraints=[LinearConstraint(one, 1, 1), LinearConstraint(a, -np.inf, budget)],
-        integrality=np.ones(n), bounds=Bounds(0, 1), options={"mip_rel_gap": 1e-9},
-    )  # fmt: skip
-    if res.x is None:
+    try:
+        return solve_milp(values, costs, budget)
+    except Infeasible:
         return None
-    chosen = np.flatnonzero(res.x > 0.5)
-    keep = np.empty(len(values), dtype=int)
-    keep[group[chosen]] = chosen - np.concatenate(([0], np.cumsum([len(v) for v in values])))[group[chosen]]
-    return keep
 
 
 def plain_dp(values, costs, budget):

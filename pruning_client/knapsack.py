@@ -221,36 +221,33 @@ def _pareto_multi(cost: np.ndarray, value: np.ndarray, lo: int) -> np.ndarray:
     return k[~dominated & ~dup]
 
 
-def _solve_multi(vals: list[np.ndarray], cost: list[np.ndarray], budgets: np.ndarray, lo: np.ndarray):
+def _milp(vals: list[np.ndarray], cost: list[np.ndarray], budgets: np.ndarray, options: list[np.ndarray]):
+    """One binary per allowed option, one choice per group, every budget met exactly (or None)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_array, vstack
 
     targets = cost[0].shape[0]
-    if len(budgets) != targets or any(c.shape[0] != targets for c in cost):
-        raise ValueError(f"{len(budgets)} budgets for costs of {targets} targets")
-    cheapest = np.array([int(m) + int(np.argmin(c[:, m:].max(0))) for c, m in zip(cost, lo, strict=True)])
-    options = [_pareto_multi(c, v, int(m)) for c, v, m in zip(cost, vals, lo, strict=True)]
     group_of = np.concatenate([np.full(len(o), g) for g, o in enumerate(options)])
     k_of = np.concatenate(options)
     n = len(k_of)
     obj = -np.concatenate([vals[g][o] for g, o in enumerate(options)])
     a_cost = np.vstack([np.concatenate([cost[g][t, o] for g, o in enumerate(options)]) for t in range(targets)])
     one_per_group = coo_array((np.ones(n), (group_of, np.arange(n))), shape=(len(options), n))
+    rows = vstack([one_per_group, coo_array(a_cost)]).tocsr()
     tighten = np.zeros(targets)
     for _ in range(5):  # HiGHS meets rows within its feasibility tolerance: tighten until exact
         res = milp(
             obj,
             constraints=[
-                LinearConstraint(vstack([one_per_group, coo_array(a_cost)]).tocsr(),
-                                 np.concatenate([np.ones(len(options)), np.full(targets, -np.inf)]),
+                LinearConstraint(rows, np.concatenate([np.ones(len(options)), np.full(targets, -np.inf)]),
                                  np.concatenate([np.ones(len(options)), budgets - tighten])),
             ],
             integrality=np.ones(n),
             bounds=Bounds(0, 1),
-            options={"mip_rel_gap": 1e-7},
+            options={"mip_rel_gap": 1e-9},
         )  # fmt: skip
         if res.x is None:
-            break
+            return None
         chosen = np.flatnonzero(res.x > 0.5)
         keep = np.empty(len(options), dtype=np.int64)
         keep[group_of[chosen]] = k_of[chosen]
@@ -259,8 +256,35 @@ def _solve_multi(vals: list[np.ndarray], cost: list[np.ndarray], budgets: np.nda
         if (over <= 0).all():
             return keep
         tighten += np.maximum(over, 0) * 2 + 1e-12 * np.abs(budgets)
-    totals = [math.fsum(float(cost[g][t, cheapest[g]]) for g in range(len(cost))) for t in range(targets)]
-    raise Infeasible(f"no choice fits the budgets {budgets.tolist()}; keeping the minimum costs {totals}")
+    return None
+
+
+def solve_milp(
+    values: Sequence[ArrayLike],
+    costs: Sequence[ArrayLike],
+    budget: float | Sequence[float],
+    min_keep: Sequence[int] | np.ndarray | None = None,
+) -> np.ndarray:
+    """The plain MILP (scipy's HiGHS) over every option: the reference ``solve`` is checked against."""
+    vals, cost, lo = _check_inputs(values, costs, min_keep)
+    rows = [np.atleast_2d(c) for c in cost]
+    budgets = np.atleast_1d(np.asarray(budget, dtype=np.float64))
+    keep = _milp(vals, rows, budgets, [np.arange(int(m), len(v)) for v, m in zip(vals, lo, strict=True)])
+    if keep is None:
+        raise Infeasible(f"no choice fits the budgets {budgets.tolist()}")
+    return keep
+
+
+def _solve_multi(vals: list[np.ndarray], cost: list[np.ndarray], budgets: np.ndarray, lo: np.ndarray):
+    targets = cost[0].shape[0]
+    if len(budgets) != targets or any(c.shape[0] != targets for c in cost):
+        raise ValueError(f"{len(budgets)} budgets for costs of {targets} targets")
+    keep = _milp(vals, cost, budgets, [_pareto_multi(c, v, int(m)) for c, v, m in zip(cost, vals, lo, strict=True)])
+    if keep is None:
+        cheapest = np.array([int(m) + int(np.argmin(c[:, m:].max(0))) for c, m in zip(cost, lo, strict=True)])
+        totals = [math.fsum(float(cost[g][t, cheapest[g]]) for g in range(len(cost))) for t in range(targets)]
+        raise Infeasible(f"no choice fits the budgets {budgets.tolist()}; keeping the minimum costs {totals}")
+    return keep
 
 
 def solve_paper(

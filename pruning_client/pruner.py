@@ -243,7 +243,8 @@ class HALPPruner:
 
         return hook
 
-    def _remove_hooks(self) -> None:
+    def remove_masks(self) -> None:
+        """Detach the mask hooks from the model (the masks stay recorded here)."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -252,7 +253,7 @@ class HALPPruner:
         """A physically pruned deep copy of the current state (for end-to-end measurement)."""
         from pruning_client.graph import pruned_copy
 
-        self._remove_hooks()
+        self.remove_masks()
         try:
             keep = {g.root: np.flatnonzero(m) for g, m in zip(self.graph.groups, self.masks, strict=True)}
             return pruned_copy(self.model, self.example_inputs, keep, ignored_layers=self.graph.fixed_layers)
@@ -264,7 +265,7 @@ class HALPPruner:
         """Remove the masked channels for real; returns the (same, now smaller) model."""
         if self._finalized:
             return self.model
-        self._remove_hooks()
+        self.remove_masks()
         remove = {g: np.flatnonzero(~m) for g, m in enumerate(self.masks)}
         try:
             prune_groups(self.graph, remove)

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from profiler_service.schemas import DeviceInfo, JobStatus, LutRequest, LutTable, MeasureResult
+from profiler_service.schemas import DeviceInfo, JobStatus, LutRequest, LutSummary, LutTable, MeasureResult
 
 RETRY_STATUS = frozenset({500, 502, 503, 504})
 ProgressFn = Callable[[JobStatus], None]
@@ -96,6 +96,9 @@ class ProfilerClient:
         if response.status_code == 202:
             return JobStatus.model_validate(response.json())
         return LutTable.model_validate(response.json())
+
+    def luts(self) -> list[LutSummary]:
+        return [LutSummary.model_validate(x) for x in self._request("GET", "/luts").json()]
 
     def job(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(self._request("GET", f"/jobs/{job_id}").json())

@@ -6,10 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import coo_array
 
-from pruning_client.knapsack import Infeasible, solve, solve_paper
+from pruning_client.knapsack import Infeasible, solve, solve_milp, solve_paper
 
 
 def staircase_instance(rng, groups: int, n_max: int, targets: int = 1, negative: bool = False):
@@ -30,19 +28,11 @@ def staircase_instance(rng, groups: int, n_max: int, targets: int = 1, negative:
 
 def milp_optimum(values, costs, budget) -> float | None:
     """Reference: the full one-binary-per-option MILP, solved by HiGHS."""
-    rows = [np.atleast_2d(c) for c in costs]
-    n = sum(len(v) for v in values)
-    group = np.concatenate([np.full(len(v), g) for g, v in enumerate(values)])
-    a = np.vstack([np.concatenate([r[t] for r in rows]) for t in range(rows[0].shape[0])])
-    one = coo_array((np.ones(n), (group, np.arange(n))), shape=(len(values), n)).tocsr()
-    res = milp(
-        -np.concatenate(values),
-        constraints=[LinearConstraint(one, 1, 1), LinearConstraint(a, -np.inf, np.atleast_1d(budget))],
-        integrality=np.ones(n),
-        bounds=Bounds(0, 1),
-        options={"mip_rel_gap": 1e-9},
-    )
-    return None if res.x is None else -res.fun
+    try:
+        keep = solve_milp(values, costs, budget)
+    except Infeasible:
+        return None
+    return sum(float(v[k]) for v, k in zip(values, keep, strict=True))
 
 
 def exact_totals(costs, keep) -> list[float]:

@@ -1,0 +1,64 @@
+"""SPEC 7.3: `halp prune --latency-ratio r` on a small model; measured latency over target, for r = 0.7, 0.5, 0.3.
+
+ResNet-20 on the digits (32x32, batch 1) against a local CPU service; latencies are those the
+service measured (unpruned and pruned ONNX side by side). Target: measured <= r x original x 1.05.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import parse_args, pyplot, write
+
+from pruning_client.demo import local_service
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    ratios = [0.7] if args.quick else [0.7, 0.5, 0.3]
+    extra = (
+        ["--steps", "2", "--epochs", "1", "--pretrain-epochs", "1"] if args.quick else ["--steps", "8", "--epochs", "6"]
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, local_service(Path(tmp) / "service") as url:
+        for r in ratios:
+            out = Path(tmp) / f"run-{r}"
+            cmd = [sys.executable, "-m", "pruning_client.cli", "prune", "--model", "resnet20", "--target", url,
+                   "--latency-ratio", str(r), "--data", "digits", "--out", str(out), *extra]  # fmt: skip
+            env = {**os.environ, "HALP_CACHE_DIR": str(Path(tmp) / "cache")}
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                raise SystemExit(f"halp prune failed for r={r}:\n{done.stderr[-3000:]}")
+            (t,) = json.loads((out / "report.json").read_text())["targets"]
+            ratio = t["latency_after_ms"] / t["latency_before_ms"]
+            rows.append({"latency_ratio": r, "measured_ratio": ratio, "over_target": ratio / r,
+                         "met_within_5_percent": ratio <= r * 1.05, **t})  # fmt: skip
+            print(f"r={r}: measured {ratio:.3f} of the original ({ratio / r:.3f}x the target), "
+                  f"accuracy {t['accuracy_before']:.2f} -> {t['accuracy_after']:.2f}")  # fmt: skip
+    write(
+        args.out,
+        "budget",
+        {"command": "halp prune --model resnet20 --data digits " + " ".join(extra), "runs": rows},
+        args.quick,
+    )
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ratios, [x["measured_ratio"] for x in rows], "o-", label="measured after / before")
+    ax.plot(ratios, ratios, "k:", label="target r")
+    ax.plot(ratios, [1.05 * r for r in ratios], "r--", label="r x 1.05")
+    ax.set_xlabel("--latency-ratio r")
+    ax.set_ylabel("measured latency ratio")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(args.out / f"budget{'-quick' if args.quick else ''}.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

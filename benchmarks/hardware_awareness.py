@@ -1,0 +1,168 @@
+"""SPEC 7.4: at the same latency, HALP vs a FLOPs-proportional knapsack vs a uniform per-layer ratio.
+
+Per seed: ResNet-20 trained on the digits; Taylor saliency over one epoch; three one-shot choices of
+8-channel blocks (the same saliency ranks channels in all three):
+  * halp:    knapsack on latency tables measured by the CPU service, to half the predicted latency;
+  * flops:   the same knapsack with FLOPs as costs, its FLOPs budget bisected to HALP's predicted latency;
+  * uniform: one keep ratio for every group, bisected to HALP's predicted latency.
+Each pruned copy gets the same fine-tuning; reported: saliency kept, latency measured by the service
+(side by side with the unpruned model), test accuracy. Mean and spread over seeds.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import parse_args, pyplot, write
+
+from pruning_client.cache import TableCache
+from pruning_client.data import digits
+from pruning_client.demo import local_service
+from pruning_client.export import export_onnx
+from pruning_client.graph import analyse, pruned_copy
+from pruning_client.latency import LatencyModel, LatencyTables
+from pruning_client.models import resnet20
+from pruning_client.pruner import HALPPruner
+from pruning_client.remote import ProfilerClient, RemoteTarget
+from pruning_client.saliency import TaylorSaliency
+from pruning_client.train import TrainConfig, evaluate, train
+
+BLOCK = 8
+RATIO = 0.5
+
+
+def taylor(model, graph, loader) -> list[np.ndarray]:
+    saliency = TaylorSaliency(graph)
+    criterion = torch.nn.CrossEntropyLoss()
+    model.train()
+    for x, y in loader:
+        model.zero_grad()
+        criterion(model(x), y).backward()
+        saliency.accumulate()
+    model.zero_grad()
+    return saliency.averages()
+
+
+def knapsack_choice(model, x, latency_model, importance, ratio) -> np.ndarray:
+    pruner = HALPPruner(model, x, latency_model, ratio, steps=1, interval=1, block_size=BLOCK)
+    pruner.prune_now(importance)
+    pruner.remove_masks()  # only the choice is wanted here
+    return pruner.keep_counts()
+
+
+def bisect(fn, target: float, lo: float, hi: float, iters: int = 18):
+    """The largest knob in [lo, hi] whose predicted latency fn(knob)[1] stays <= target."""
+    best = fn(lo)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        keep, predicted = fn(mid)
+        if predicted <= target:
+            best, lo = (keep, predicted), mid
+        else:
+            hi = mid
+    return best[0]
+
+
+def flops_tables() -> LatencyTables:
+    from profiler_service.shapes import parse_shape
+
+    return LatencyTables(
+        fetch=lambda need: {k: {p: float(parse_shape(k).macs(*p)) for p in pts} for k, pts in need.items()}
+    )
+
+
+def run_seed(seed: int, target: RemoteTarget, epochs: int, finetune: int) -> dict:
+    torch.manual_seed(seed)
+    data = digits(32, 64, seed=seed)
+    model = resnet20(10)
+    train(model, data.train, TrainConfig(epochs=epochs, lr=0.1))
+    base_accuracy = evaluate(model, data.val)
+    x = torch.randn(1, 3, 32, 32)
+    graph = analyse(model, x)
+    importance = taylor(model, graph, data.train)
+    latency = LatencyModel(graph, target.tables())
+    shape = "1x3x32x32"
+
+    def measure(m) -> float:
+        return target.measure(export_onnx(m, x), shape).median_ms
+
+    half = np.maximum(BLOCK, graph.sizes // 2 // BLOCK * BLOCK)
+    thin = pruned_copy(model, x, {g.root: np.arange(k) for g, k in zip(graph.groups, half, strict=True)})
+    latency.calibrate([(graph.sizes, measure(model)), (half, measure(thin))])
+
+    halp_keep = knapsack_choice(model, x, latency, importance, RATIO)
+    goal = latency.predict(halp_keep)
+    flops = LatencyModel(graph, flops_tables())
+    flops_keep = bisect(
+        lambda r: (k := knapsack_choice(model, x, flops, importance, r), latency.predict(k)), goal, 0.05, 1.0
+    )
+    uniform_keep = bisect(
+        lambda r: (k := np.maximum(BLOCK, np.round(graph.sizes * r / BLOCK).astype(int) * BLOCK), latency.predict(k)),
+        goal, 0.05, 1.0,
+    )  # fmt: skip
+    total = sum(float(i.sum()) for i in importance)
+    unpruned = export_onnx(model, x)
+    results = {"seed": seed, "accuracy_unpruned": base_accuracy}
+    for name, keep in (("halp", halp_keep), ("flops", flops_keep), ("uniform", uniform_keep)):
+        top = {
+            g.root: np.argsort(-importance[g.id], kind="stable")[:k] for g, k in zip(graph.groups, keep, strict=True)
+        }
+        pruned = pruned_copy(model, x, top)
+        kept = sum(float(importance[g.id][top[g.root]].sum()) for g in graph.groups) / total
+        train(pruned, data.train, TrainConfig(epochs=finetune, lr=0.02))
+        pairs = [(target.measure(unpruned, shape).median_ms, measure(pruned)) for _ in range(5)]
+        before, after = np.median([p[0] for p in pairs]), np.median([p[1] for p in pairs])
+        results[name] = {
+            "channels": keep.tolist(),
+            "saliency_kept": kept,
+            "predicted_ms": latency.predict(keep),
+            "measured_ms": float(after),
+            "measured_ratio": float(after / before),
+            "accuracy": evaluate(pruned, data.val),
+        }
+        print(f"seed {seed} {name:8s}: saliency kept {kept:.3f}, measured ratio {after / before:.3f}, "
+              f"accuracy {results[name]['accuracy']:.2f}")  # fmt: skip
+    return results
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    seeds, epochs, finetune = ([0], 2, 1) if args.quick else ([0, 1, 2], 10, 6)
+    with tempfile.TemporaryDirectory() as tmp:
+        with local_service(Path(tmp) / "service") as url, ProfilerClient(url, timeout=600) as client:
+            target = RemoteTarget(client, TableCache(Path(tmp) / "cache"))
+            runs = [run_seed(s, target, epochs, finetune) for s in seeds]
+    summary = {}
+    for method in ("halp", "flops", "uniform"):
+        summary[method] = {
+            metric: {"mean": float(np.mean([r[method][metric] for r in runs])),
+                     "std": float(np.std([r[method][metric] for r in runs]))}
+            for metric in ("saliency_kept", "measured_ratio", "accuracy")
+        }  # fmt: skip
+    write(
+        args.out, "hardware_awareness", {"ratio": RATIO, "block": BLOCK, "runs": runs, "summary": summary}, args.quick
+    )
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method, marker in (("halp", "o"), ("flops", "s"), ("uniform", "^")):
+        ax.scatter(
+            [r[method]["measured_ratio"] for r in runs],
+            [r[method]["accuracy"] for r in runs],
+            marker=marker,
+            label=method,
+        )
+    ax.set_xlabel("measured latency / unpruned (CPU service)")
+    ax.set_ylabel("test accuracy after fine-tuning (%)")
+    ax.set_title("accuracy vs measured latency, one point per seed")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.out / f"hardware_awareness{'-quick' if args.quick else ''}.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Every benchmark script's --quick mode runs and writes its JSON (the full runs are not in CI)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def run(script: str, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{script}.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "script,key",
+    [
+        ("knapsack", "instances"),
+        ("latency_model", "models"),
+        ("budget", "runs"),
+        ("hardware_awareness", "summary"),
+        ("profiling_cost", "points_measured"),
+    ],
+)
+def test_quick_benchmark_writes_results(script, key, tmp_path):
+    done = run(script, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    body = json.loads((tmp_path / f"{script}-quick.json").read_text())
+    assert body["quick"] and body["machine"]["cores"] and body[key]
+
+
+def test_quick_service_load_runs_wrk_or_says_why_not(tmp_path):
+    import shutil
+
+    done = run("service_load", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    body = json.loads((tmp_path / "service_load-quick.json").read_text())
+    if shutil.which("wrk"):
+        assert body["requests_per_s"] > 0 and body["p99_ms"] > 0 and body["non_2xx"] == 0
+    else:
+        assert "wrk" in body["skipped"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
+def test_gpu_benchmark_refuses_clearly_without_a_gpu(tmp_path):
+    done = run("gpu", tmp_path)
+    assert done.returncode != 0 and "needs an NVIDIA GPU" in done.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no NVIDIA GPU visible to torch on this machine")
+def test_quick_gpu_benchmark(tmp_path):
+    done = run("gpu", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "gpu-quick.json").read_text())["staircase"]
