@@ -3,8 +3,9 @@
 Per seed: ResNet-20 trained on the digits; Taylor saliency over one epoch; three one-shot choices of
 8-channel blocks (the same saliency ranks channels in all three):
   * halp:    knapsack on latency tables measured by the CPU service, to half the predicted latency;
-  * flops:   the same knapsack with FLOPs as costs, its FLOPs budget bisected to HALP's predicted latency;
-  * uniform: one keep ratio for every group, bisected to HALP's predicted latency.
+  * flops:   the same knapsack with FLOPs as costs, its FLOPs budget scanned for the choice predicted
+             closest to (not over) HALP's predicted latency;
+  * uniform: one keep ratio for every group, scanned the same way.
 Each pruned copy gets the same fine-tuning; reported: saliency kept, latency measured by the service
 (side by side with the unpruned model), test accuracy. Mean and spread over seeds.
 """
@@ -53,17 +54,14 @@ def knapsack_choice(model, x, latency_model, importance, ratio) -> np.ndarray:
     return pruner.keep_counts()
 
 
-def bisect(fn, target: float, lo: float, hi: float, iters: int = 18):
-    """The largest knob in [lo, hi] whose predicted latency fn(knob)[1] stays <= target."""
-    best = fn(lo)
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        keep, predicted = fn(mid)
-        if predicted <= target:
-            best, lo = (keep, predicted), mid
-        else:
-            hi = mid
-    return best[0]
+def closest_under(fn, target: float, knobs: np.ndarray) -> np.ndarray:
+    """The choice fn(knob) -> (keep, predicted) predicted closest to ``target`` without exceeding it.
+
+    A scan rather than a bisection: a knapsack's choice is not monotone in its budget.
+    """
+    scored = [fn(k) for k in knobs]
+    under = [(p, keep) for keep, p in scored if p <= target]
+    return max(under, key=lambda x: x[0])[1] if under else min(scored, key=lambda x: x[1])[0]
 
 
 def flops_tables() -> LatencyTables:
@@ -96,12 +94,13 @@ def run_seed(seed: int, target: RemoteTarget, epochs: int, finetune: int) -> dic
     halp_keep = knapsack_choice(model, x, latency, importance, RATIO)
     goal = latency.predict(halp_keep)
     flops = LatencyModel(graph, flops_tables())
-    flops_keep = bisect(
-        lambda r: (k := knapsack_choice(model, x, flops, importance, r), latency.predict(k)), goal, 0.05, 1.0
+    knobs = np.linspace(0.1, 1.0, 46)
+    flops_keep = closest_under(
+        lambda r: (k := knapsack_choice(model, x, flops, importance, r), latency.predict(k)), goal, knobs
     )
-    uniform_keep = bisect(
+    uniform_keep = closest_under(
         lambda r: (k := np.maximum(BLOCK, np.round(graph.sizes * r / BLOCK).astype(int) * BLOCK), latency.predict(k)),
-        goal, 0.05, 1.0,
+        goal, knobs,
     )  # fmt: skip
     total = sum(float(i.sum()) for i in importance)
     unpruned = export_onnx(model, x)

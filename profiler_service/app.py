@@ -19,6 +19,7 @@ from profiler_service.routes import device, jobs, lut, measure
 from profiler_service.schemas import DeviceInfo
 from profiler_service.settings import Settings
 from profiler_service.state import ServiceState
+from profiler_service.tables import TableReader
 from profiler_service.timing import TimingPolicy
 
 log = logging.getLogger("halp.service")
@@ -67,8 +68,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             device_id = store.ensure_device(session, info.fingerprint, info.backend, info.model_dump())
         policy = TimingPolicy(max_ms=settings.timing_max_ms, rel_tol=settings.timing_rel_tol)
         measurer = Measurer(backend, policy, metrics)
-        manager = JobManager(sessions, measurer, device_id, metrics)
-        app.state.halp = ServiceState(settings, sessions, backend, info, device_id, measurer, manager, metrics)
+        tables = TableReader(sessions, device_id, info)
+        manager = JobManager(sessions, measurer, device_id, metrics, on_point=tables.invalidate)
+        app.state.halp = ServiceState(settings, sessions, backend, info, device_id, measurer, manager, metrics, tables)
         manager.start()
         log.info("profiler ready: backend %s on %s, fingerprint %s", info.backend, info.accelerator, info.fingerprint)
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.orm import sessionmaker
@@ -34,8 +35,16 @@ def job_status(job) -> JobStatus:
 
 
 class JobManager:
-    def __init__(self, sessions: sessionmaker, measurer: Measurer, device_id: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker,
+        measurer: Measurer,
+        device_id: int,
+        metrics: Metrics,
+        on_point: Callable[[str], None] = lambda shape_key: None,
+    ) -> None:
         self._sessions = sessions
+        self._on_point = on_point  # told after each commit, so readers drop cached tables
         self._measurer = measurer
         self._device_id = device_id
         self._metrics = metrics
@@ -132,5 +141,6 @@ class JobManager:
                 if (cin, cout) not in stored:
                     store.add_point(session, self._device_id, shape_id, cin, cout, stats)
                 store.set_job(session, job_id, done=done)
+            self._on_point(shape.key)
         with self._sessions.begin() as session:
             store.set_job(session, job_id, state="done")

@@ -15,6 +15,7 @@ from profiler_service.measurer import Measurer
 from profiler_service.metrics import Metrics
 from profiler_service.schemas import DeviceInfo
 from profiler_service.settings import Settings
+from profiler_service.tables import TableReader
 
 
 @dataclass
@@ -27,9 +28,10 @@ class ServiceState:
     measurer: Measurer
     jobs: JobManager
     metrics: Metrics
+    tables: TableReader
 
 
-def service(request: Request) -> ServiceState:
+async def service(request: Request) -> ServiceState:
     return request.app.state.halp
 
 
@@ -42,10 +44,10 @@ def _check_token(request: Request) -> None:
         raise Unauthorized("this service needs 'Authorization: Bearer <token>' (HALP_API_TOKEN)")
 
 
-def require_write(request: Request) -> None:
+async def require_write(request: Request) -> None:
     _check_token(request)
 
 
-def require_read(request: Request) -> None:
+async def require_read(request: Request) -> None:
     if request.app.state.halp_settings.protect_reads:
         _check_token(request)

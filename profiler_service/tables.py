@@ -2,36 +2,83 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import sessionmaker
+
 from profiler_service import store
 from profiler_service.errors import NotFound, OverLimit
-from profiler_service.schemas import LutPoint, LutTable
+from profiler_service.schemas import DeviceInfo, LutPoint, LutTable
 from profiler_service.shapes import MAX_POINTS_PER_REQUEST, LayerShape
-from profiler_service.state import ServiceState
+
+if TYPE_CHECKING:
+    from profiler_service.state import ServiceState
 
 
-def read_table(
-    svc: ServiceState, shape: LayerShape, cin: list[int] | None = None, cout: list[int] | None = None
-) -> LutTable:
-    cin_set, cout_set = (set(cin) if cin else None), (set(cout) if cout else None)
-    with svc.sessions() as session:
-        sid = store.shape_id(session, shape.key)
-        rows = store.points_of(session, svc.device_id, sid) if sid is not None else []
-    points = [
-        LutPoint(
-            cin=r.cin,
-            cout=r.cout,
-            median_ms=r.median_ms,
-            p10_ms=r.p10_ms,
-            p90_ms=r.p90_ms,
-            runs=r.runs,
-            measured_at=r.measured_at,
+class TableReader:
+    """Reads tables, keeping each answer's JSON until a point of its shape is added.
+
+    GET /lut is the hot path (every client, every step): served from memory it
+    skips the database and pydantic. One service process owns its store, so an
+    in-process version per shape, bumped by the worker after each commit, is
+    enough to invalidate: a reader notes the version before reading the rows.
+    """
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self, sessions: sessionmaker, device_id: int, device: DeviceInfo) -> None:
+        self._sessions, self._device_id, self._device = sessions, device_id, device
+        self._versions: dict[str, int] = {}
+        self._cache: OrderedDict[tuple, tuple[int, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def invalidate(self, shape_key: str) -> None:
+        with self._lock:
+            self._versions[shape_key] = self._versions.get(shape_key, 0) + 1
+
+    def cached_json(self, shape: LayerShape, cin: list[int] | None, cout: list[int] | None) -> bytes | None:
+        key = (shape.key, tuple(cin or ()), tuple(cout or ()))
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is None or hit[0] != self._versions.get(shape.key, 0):
+                return None
+            self._cache.move_to_end(key)
+            return hit[1]
+
+    def json(self, shape: LayerShape, cin: list[int] | None, cout: list[int] | None) -> bytes:
+        version = self._versions.get(shape.key, 0)
+        data = self.read(shape, cin, cout).model_dump_json().encode()
+        with self._lock:
+            self._cache[(shape.key, tuple(cin or ()), tuple(cout or ()))] = (version, data)
+            while len(self._cache) > self.MAX_ENTRIES:
+                self._cache.popitem(last=False)
+        return data
+
+    def read(self, shape: LayerShape, cin: list[int] | None = None, cout: list[int] | None = None) -> LutTable:
+        cin_set, cout_set = (set(cin) if cin else None), (set(cout) if cout else None)
+        with self._sessions() as session:
+            sid = store.shape_id(session, shape.key)
+            rows = store.points_of(session, self._device_id, sid) if sid is not None else []
+        points = [
+            LutPoint(
+                cin=r.cin,
+                cout=r.cout,
+                median_ms=r.median_ms,
+                p10_ms=r.p10_ms,
+                p90_ms=r.p90_ms,
+                runs=r.runs,
+                measured_at=r.measured_at,
+            )  # fmt: skip
+            for r in rows
+            if (cin_set is None or r.cin in cin_set) and (cout_set is None or r.cout in cout_set)
+        ]
+        if not points:
+            raise NotFound(f"no points of {shape.key} are measured on this device; POST /lut/{shape.key} to measure")
+        return LutTable(
+            shape=shape.key, fingerprint=self._device.fingerprint, backend=self._device.backend, points=points
         )
-        for r in rows
-        if (cin_set is None or r.cin in cin_set) and (cout_set is None or r.cout in cout_set)
-    ]
-    if not points:
-        raise NotFound(f"no points of {shape.key} are measured on this device; POST /lut/{shape.key} to measure")
-    return LutTable(shape=shape.key, fingerprint=svc.device.fingerprint, backend=svc.device.backend, points=points)
 
 
 def check_request(svc: ServiceState, shape: LayerShape, pairs: list[tuple[int, int]]) -> None:

@@ -150,3 +150,14 @@ def test_device_docs_and_metrics(service):
         metrics = c.get("/metrics")
         assert metrics.headers["content-type"].startswith("text/plain")
         assert 'halp_http_requests_total{method="GET",route="/device",status="200"}' in metrics.text
+
+
+def test_cached_tables_see_new_points(service):
+    with httpx.Client(base_url=service.url) as c:
+        wait_job(c, c.post(f"/lut/{CONV}", json=GRID).headers["location"])
+        first = c.get(f"/lut/{CONV}").json()
+        assert c.get(f"/lut/{CONV}").json() == first  # served again, from memory
+        wait_job(c, c.post(f"/lut/{CONV}", json={"points": [[48, 8]]}).headers["location"])
+        again = c.get(f"/lut/{CONV}").json()
+        assert len(again["points"]) == len(first["points"]) + 1
+        assert c.get(f"/lut/{CONV}", params={"cin": "48"}).json()["points"][0]["cout"] == 8

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from profiler_service import store
@@ -8,7 +9,7 @@ from profiler_service.errors import InvalidInput
 from profiler_service.schemas import CHANNELS_SYNTAX, JobStatus, LutRequest, LutSummary, LutTable, parse_channels
 from profiler_service.shapes import parse_shape
 from profiler_service.state import ServiceState, require_read, require_write, service
-from profiler_service.tables import check_request, read_table
+from profiler_service.tables import check_request
 
 router = APIRouter(tags=["tables"])
 
@@ -23,14 +24,18 @@ def _selection(text: str | None) -> list[int] | None:
 
 
 @router.get("/lut/{shape}", response_model=LutTable, dependencies=[Depends(require_read)])
-def get_lut(
+async def get_lut(
     shape: str,
     cin: str | None = Query(None, description=f"input channels to return: {CHANNELS_SYNTAX}"),
     cout: str | None = Query(None, description=f"output channels to return: {CHANNELS_SYNTAX}"),
     svc: ServiceState = Depends(service),
-) -> LutTable:
+) -> Response:
     """The measured table of a layer shape on this device."""
-    return read_table(svc, parse_shape(shape), _selection(cin), _selection(cout))
+    layer, cins, couts = parse_shape(shape), _selection(cin), _selection(cout)
+    data = svc.tables.cached_json(layer, cins, couts)
+    if data is None:  # the database is read off the event loop
+        data = await run_in_threadpool(svc.tables.json, layer, cins, couts)
+    return Response(data, media_type="application/json")
 
 
 @router.post(
@@ -53,7 +58,7 @@ def post_lut(shape: str, body: LutRequest, response: Response, svc: ServiceState
     check_request(svc, layer, pairs)
     submitted = svc.jobs.submit(layer, pairs)
     if submitted.job is None:
-        return read_table(svc, layer, sorted({c for c, _ in pairs}), sorted({c for _, c in pairs}))
+        return svc.tables.read(layer, sorted({c for c, _ in pairs}), sorted({c for _, c in pairs}))
     return JSONResponse(submitted.job.model_dump(), status_code=202, headers={"Location": f"/jobs/{submitted.job.id}"})
 
 
