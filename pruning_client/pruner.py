@@ -97,6 +97,7 @@ class HALPPruner:
         self._module_masks: dict[str, torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._finalized = False
+        self._importance: list[np.ndarray] | None = None
 
     # --- state -----------------------------------------------------------------------------
     def keep_counts(self) -> np.ndarray:
@@ -126,7 +127,12 @@ class HALPPruner:
         ``budgets`` (ms per target) overrides the schedule: a repair step after
         the schedule when measured latency came out above the prediction.
         """
-        importance = self.saliency.averages() if importance is None else importance
+        if importance is None:
+            # Right after a step no minibatch has run yet (a repair step): rank by the last saliency.
+            importance = (
+                self.saliency.averages() if self.saliency.batches or self._importance is None else self._importance
+            )
+        self._importance = importance
         if budgets is None:
             if self.done:
                 raise RuntimeError("the schedule is complete; pass budgets for an extra step")

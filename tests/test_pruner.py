@@ -74,3 +74,22 @@ def test_unreachable_budget_keeps_the_minimum_and_says_so():
     assert not record.met and record.predicted_ms[0] > record.budget_ms[0]
     assert pruner.keep_counts().tolist() == [8] * len(graph.groups)
     assert model(x).shape == (1, 10)  # masked, still runs
+
+
+def test_a_repair_step_right_after_a_step_ranks_by_the_last_saliency():
+    from pruning_client.latency import LatencyTables
+    from pruning_client.saliency import magnitude_saliency
+
+    model = resnet20(10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph = analyse(model, x)
+    tables = LatencyTables(fetch=lambda need: {k: {p: 5.0 + p[0] * p[1] for p in pts} for k, pts in need.items()})
+    latency = LatencyModel(graph, tables)
+    pruner = HALPPruner(model, x, latency, target_ratio=0.8, steps=1, interval=1, block_size=4)
+    pruner.prune_now(magnitude_saliency(graph))
+    kept_before = [m.copy() for m in pruner.masks]
+    budget = 0.95 * pruner.predicted_ms()[0]
+    repair = pruner.prune_now(budgets=[budget])  # no minibatch since the last step
+    assert repair.met and 0.9 * budget <= repair.predicted_ms[0] <= budget  # not a blind cut
+    assert repair.saliency_kept < 1.0  # ranked by real saliency, not by zeros
+    assert all((now <= before).all() for now, before in zip(pruner.masks, kept_before, strict=True))
