@@ -83,9 +83,9 @@ def demo_settings(url: str, out: Path, latency_ratio: float = 0.5) -> RunSetting
         input_size=32,
         latency_ratio=latency_ratio,
         steps=8,
-        pretrain_epochs=15,
-        prune_epochs=2.0,
-        epochs=15,
+        pretrain_epochs=20,
+        prune_epochs=4.0,
+        epochs=30,
         lr=0.05,
         out=out,
     )
