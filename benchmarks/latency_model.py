@@ -2,7 +2,8 @@
 
 20 random block-aligned (8-channel) configurations each of ResNet-18, ResNet-50 and MobileNetV2 at
 224x224, batch 1: tables and whole-model latency both from a local `halp serve --backend onnxruntime
---threads 1`; the latency model is calibrated on the unpruned model and two random thinned copies.
+--threads 1` (whole models: median of three measurements); the latency model is calibrated on the
+unpruned model and two random thinned copies.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pruning_client.models import MODELS
 from pruning_client.remote import ProfilerClient, RemoteTarget
 
 BLOCK = 8
+MEASUREMENTS = 3
 
 
 def random_keep(rng, sizes):
@@ -39,8 +41,10 @@ def check_model(name: str, size: int, configs: int, target: RemoteTarget, rng) -
     shape = "x".join(map(str, x.shape))
 
     def measured(keep) -> float:
+        """Median of three service measurements: one alone spreads by +-4 % (more for big models) here."""
         thin = pruned_copy(model, x, {g.root: np.arange(k) for g, k in zip(graph.groups, keep, strict=True)})
-        return target.measure(export_onnx(thin, x), shape).median_ms
+        onnx_bytes = export_onnx(thin, x)
+        return float(np.median([target.measure(onnx_bytes, shape).median_ms for _ in range(MEASUREMENTS)]))
 
     start = time.perf_counter()
     calibration = [(graph.sizes, measured(graph.sizes))] + [
