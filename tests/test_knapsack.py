@@ -157,3 +157,20 @@ def test_paper_no_layer_collapse_option_can_break_the_budget():
     costs = [np.array([0.0, 0.003]), np.array([0.0, 0.003])]
     assert solve_paper(values, costs, 0.003).tolist() == [0, 1]
     assert solve_paper(values, costs, 0.003, disable_layer_prune=True).tolist() == [1, 1]  # 0.006 > 0.003
+
+
+def test_several_targets_on_a_large_instance_are_solved_to_the_optimum():
+    rng = np.random.default_rng(5)
+    sizes = [64, 256, 128, 512, 256, 1024, 512, 2048] * 4
+    values, costs = [], []
+    for n in sizes:
+        values.append(np.concatenate(([0.0], np.cumsum(np.sort(rng.lognormal(0, 1, n // 8))[::-1]))))
+        k = np.arange(n // 8 + 1)
+        costs.append(
+            np.stack([rng.uniform(0.5, 2) * np.ceil(k / s) * s for s in (2, 4, 1)]) + rng.normal(0, 0.2, (3, len(k)))
+        )
+    budgets = 0.5 * np.sum([c.max(1) for c in costs], axis=0)
+    keep = solve(values, costs, budgets)
+    assert all(t <= b for t, b in zip(exact_totals(costs, keep), budgets, strict=True))
+    optimum = milp_optimum(values, costs, budgets)
+    assert sum(float(v[k]) for v, k in zip(values, keep, strict=True)) >= optimum * (1 - 1e-6)
