@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from profiler_service.schemas import CHANNELS_SYNTAX, JobStatus, LutRequest, LutTable, parse_channels
+from profiler_service.schemas import CHANNELS_SYNTAX, LutRequest, LutTable, parse_channels
 from profiler_service.shapes import GRAMMAR, InvalidLayerShape, parse_shape
 from pruning_client.models import MODELS
 from pruning_client.remote import ProfilerClient, ProfilerError
@@ -115,8 +115,8 @@ def lut(
             else:
                 with RichUI(err) as ui:
 
-                    def show(job: JobStatus) -> None:
-                        ui.bar("lut", f"measuring {key}", job.done, job.total)
+                    def show(done: int, total: int) -> None:
+                        ui.bar("lut", f"measuring {key}", done, total)
 
                     table = client.ensure(key, LutRequest(cin=cins, cout=couts), progress=show)
     except ProfilerError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import httpx
@@ -12,7 +13,8 @@ import httpx
 from profiler_service.schemas import DeviceInfo, JobStatus, LutRequest, LutSummary, LutTable, MeasureResult
 
 RETRY_STATUS = frozenset({500, 502, 503, 504})
-ProgressFn = Callable[[JobStatus], None]
+JobProgress = Callable[[int, int], None]
+"""``progress(points_done, points_total)`` while jobs run."""
 
 
 class ProfilerError(RuntimeError):
@@ -103,23 +105,31 @@ class ProfilerClient:
     def job(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(self._request("GET", f"/jobs/{job_id}").json())
 
-    def wait(self, job: JobStatus, poll: float = 0.25, progress: ProgressFn | None = None) -> JobStatus:
-        while True:
+    def wait(self, jobs: list[JobStatus], progress: JobProgress | None = None, poll: float = 0.25) -> None:
+        """Wait for every job, reporting the points done over all of them; a failed job raises."""
+        pending = {j.id: j for j in jobs}
+        total = sum(j.total for j in jobs)
+        finished = 0
+        while pending:
+            for job_id in list(pending):
+                job = self.job(job_id)
+                if job.state == "failed":
+                    raise ProfilerError(f"{self.base_url}: job {job.id} failed: {job.error}")
+                pending[job_id] = job
+                if job.state == "done":
+                    finished += job.total
+                    del pending[job_id]
             if progress:
-                progress(job)
-            if job.state == "done":
-                return job
-            if job.state == "failed":
-                raise ProfilerError(f"job {job.id} failed: {job.error}")
-            time.sleep(poll)
-            job = self.job(job.id)
+                progress(finished + sum(j.done for j in pending.values()), total)
+            if pending:
+                time.sleep(poll)
 
-    def ensure(self, shape: str, body: LutRequest, progress: ProgressFn | None = None) -> LutTable:
+    def ensure(self, shape: str, body: LutRequest, progress: JobProgress | None = None) -> LutTable:
         """Have every requested point measured, then return them."""
         answer = self.request(shape, body)
         if isinstance(answer, LutTable):
             return answer
-        self.wait(answer, progress=progress)
+        self.wait([answer], progress)
         pairs = body.expand()
         return self.table(shape, sorted({c for c, _ in pairs}), sorted({c for _, c in pairs}))
 
@@ -187,10 +197,10 @@ class RemoteTarget:
         jobs: list[JobStatus] = []
         for key, points in missing.items():
             for i in range(0, len(points), MAX_POINTS_PER_REQUEST):
-                answer = self.request_points(key, points[i : i + MAX_POINTS_PER_REQUEST])
+                answer = self.client.request(key, LutRequest(points=points[i : i + MAX_POINTS_PER_REQUEST]))
                 if isinstance(answer, JobStatus):
                     jobs.append(answer)
-        self.wait_all(jobs)
+        self.client.wait(jobs, None if self.progress is None else partial(self.progress, self.url))
         for key, points in missing.items():
             table = self.client.table(key, sorted({c for c, _ in points}), sorted({c for _, c in points}))
             self.check(table.fingerprint, f"table {key}")
@@ -203,28 +213,6 @@ class RemoteTarget:
             self.measured_points += len(selected)
             if self.cache:
                 self.cache.store(self.fingerprint, key, selected)
-
-    def request_points(self, key: str, points: list[tuple[int, int]]) -> LutTable | JobStatus:
-        return self.client.request(key, LutRequest(points=points))
-
-    def wait_all(self, jobs: list[JobStatus], poll: float = 0.25) -> None:
-        """Wait for every job, reporting the points done over all of them."""
-        pending = {j.id: j for j in jobs}
-        total = sum(j.total for j in jobs)
-        finished = 0
-        while pending:
-            for job_id in list(pending):
-                job = self.client.job(job_id)
-                if job.state == "failed":
-                    raise ProfilerError(f"{self.url}: job {job.id} failed: {job.error}")
-                pending[job_id] = job
-                if job.state == "done":
-                    finished += job.total
-                    del pending[job_id]
-            if self.progress:
-                self.progress(self.url, finished + sum(j.done for j in pending.values()), total)
-            if pending:
-                time.sleep(poll)
 
     def measure(self, onnx_bytes: bytes, input_shape: str | None = None) -> MeasureResult:
         result = self.client.measure(onnx_bytes, input_shape)
