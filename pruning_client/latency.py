@@ -122,22 +122,22 @@ class LatencyModel:
         return self.calibration
 
     # --- per-group cost curves for the knapsack --------------------------------------------
-    def _curve_channels(self, keep: np.ndarray, g: int, counts: np.ndarray) -> tuple[np.ndarray, ...]:
-        """(layers, cin, cout) of group g's layers when g keeps each of ``counts`` (others at ``keep``)."""
-        rows = self._layers_of[g]
+    def _curves(self, keep: np.ndarray, counts: list[np.ndarray], out_only: bool):
+        """Per group: (layer, current point, cin/cout arrays over ``counts[g]``), others at ``keep``."""
         cin, cout = self.graph.channels(keep)
-        delta = counts[None, :] - keep[g]
-        cin_g = cin[rows, None] + np.rint(self.graph.f_in[rows, g, None] * delta).astype(np.int64)
-        cout_g = cout[rows, None] + np.rint(self.graph.f_out[rows, g, None] * delta).astype(np.int64)
-        return rows, cin_g, cout_g
+        for g, c in enumerate(counts):
+            rows = self._layers_of[g]
+            if out_only:
+                rows = rows[self.graph.f_out[rows, g] != 0]
+            delta = np.asarray(c)[None, :] - keep[g]
+            cin_g = cin[rows, None] + np.rint(self.graph.f_in[rows, g, None] * delta).astype(np.int64)
+            cout_g = cout[rows, None] + np.rint(self.graph.f_out[rows, g, None] * delta).astype(np.int64)
+            yield [(r, (int(cin[r]), int(cout[r])), a, b) for r, a, b in zip(rows, cin_g, cout_g, strict=True)]
 
     def curve_points(self, keep: np.ndarray, counts: list[np.ndarray], out_only: bool = False) -> Needed:
         needed: Needed = {}
-        for g, c in enumerate(counts):
-            rows, cin_g, cout_g = self._curve_channels(keep, g, np.asarray(c))
-            for r, a, b in zip(rows, cin_g, cout_g, strict=True):
-                if out_only and self.graph.f_out[r, g] == 0:
-                    continue
+        for layers in self._curves(keep, counts, out_only):
+            for r, _, a, b in layers:
                 _add(needed, self._keys[r], a, b)
         return needed
 
@@ -152,14 +152,9 @@ class LatencyModel:
         self.tables.require(self.curve_points(keep, counts, out_only))
         self.tables.require(self.points_for(keep))
         curves = []
-        for g, c in enumerate(counts):
-            rows, cin_g, cout_g = self._curve_channels(keep, g, np.asarray(c))
+        for c, layers in zip(counts, self._curves(keep, counts, out_only), strict=True):
             total = np.zeros(len(c))
-            cin0, cout0 = self.graph.channels(keep)
-            for r, a, b in zip(rows, cin_g, cout_g, strict=True):
-                if out_only and self.graph.f_out[r, g] == 0:
-                    continue
-                now = self.tables.points[self._keys[r]][(int(cin0[r]), int(cout0[r]))]
-                total += self.tables.lookup(self._keys[r], a, b) - now
+            for r, now, a, b in layers:
+                total += self.tables.lookup(self._keys[r], a, b) - self.tables.points[self._keys[r]][now]
             curves.append(total)
         return curves
