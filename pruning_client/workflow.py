@@ -159,16 +159,16 @@ class Run:
         for c in self.clients:
             c.close()
 
-    def measure(self, target: Target, model: nn.Module | bytes, example: torch.Tensor):
-        onnx_bytes = model if isinstance(model, bytes) else export_onnx(model, example, self.s.dtype)
+    def export(self, model: nn.Module, example: torch.Tensor) -> bytes:
+        """ONNX in the deployment dtype: exported once, then sent to every target."""
+        return export_onnx(model, example, self.s.dtype)
+
+    def measure(self, target: Target, onnx_bytes: bytes, example: torch.Tensor):
         return target.remote.measure(onnx_bytes, _input_shape(example))
 
-    def side_by_side(self, target: Target, before: bytes, after: nn.Module, example: torch.Tensor):
+    def side_by_side(self, target: Target, before: bytes, after: bytes, example: torch.Tensor):
         """(before, after) measured alternately, median run of each: the ratio survives slow drift."""
-        after_bytes = export_onnx(after, example, self.s.dtype)
-        pairs = [
-            (self.measure(target, before, example), self.measure(target, after_bytes, example)) for _ in range(PAIRS)
-        ]
+        pairs = [(self.measure(target, before, example), self.measure(target, after, example)) for _ in range(PAIRS)]
         return tuple(sorted(side, key=lambda r: r.median_ms)[PAIRS // 2] for side in zip(*pairs, strict=True))
 
     def calibrate(self, targets: list[Target], model: nn.Module, graph: ModelGraph, example, deploy) -> None:
@@ -176,10 +176,11 @@ class Run:
         blocks = self.block_sizes(graph)
         half = np.array([max(b, (s // 2) // b * b) for s, b in zip(graph.sizes, blocks, strict=True)])
         thin = pruned_copy(model, example, {g.root: np.arange(k) for g, k in zip(graph.groups, half, strict=True)})
-        self.unpruned_onnx = export_onnx(model, deploy, self.s.dtype)
+        self.unpruned_onnx = self.export(model, deploy)
+        thin_onnx = self.export(thin, deploy)
 
         def fit(t: Target) -> None:
-            t.before, thinned = self.side_by_side(t, self.unpruned_onnx, thin, deploy)
+            t.before, thinned = self.side_by_side(t, self.unpruned_onnx, thin_onnx, deploy)
             t.samples = [(graph.sizes.copy(), t.before.median_ms), (half, thinned.median_ms)]
             t.latency.calibrate(t.samples)
 
@@ -251,16 +252,17 @@ class Run:
             for i, group in enumerate(groups):
                 work = copy.deepcopy(model) if len(groups) > 1 else model
                 out = self.s.out / f"target{i}" if len(groups) > 1 else self.s.out
-                reports += self._prune_for(group, work, data, accuracy_before, example, deploy, out, start)
+                work_graph = graph if work is model else analyse(work.eval(), example, self.s.batch, self.s.dtype)  # type: ignore[arg-type]
+                reports += self._prune_for(group, work, work_graph, data, accuracy_before, example, deploy, out, start)
             return reports
         finally:
             self.close()
 
-    def _prune_for(self, targets, model, data, accuracy_before, example, deploy, out: Path, start: float):
-        graph = analyse(model.eval(), example, batch=self.s.batch, dtype=self.s.dtype)  # type: ignore[arg-type]
-        latencies = [LatencyModel(graph, t.remote.tables(), t.latency.calibration) for t in targets]
-        for t, lm in zip(targets, latencies, strict=True):
-            t.latency = lm
+    def _prune_for(self, targets, model, graph, data, accuracy_before, example, deploy, out: Path, start: float):
+        for t in targets:  # a per-target copy has its own graph; the latency model follows it
+            if t.latency.graph is not graph:
+                t.latency = LatencyModel(graph, t.remote.tables(), t.latency.calibration)
+        latencies = [t.latency for t in targets]
         channels_before = {lc.name: (lc.cin, lc.cout) for lc in graph.layers}
         iterations = max(1, round(self.s.prune_epochs * len(data.train)))
         pruner = HALPPruner(
@@ -280,7 +282,7 @@ class Run:
                 + ("" if record.met else " (budget out of reach: kept the minimum blocks)")
             )
             if self.s.measure_steps:
-                thin = pruner.thinned_copy()
+                thin = self.export(pruner.thinned_copy(), deploy)
                 measured_steps.append([r.median_ms for r in parallel(lambda t: self.measure(t, thin, deploy), targets)])
                 self._refit(targets, pruner.keep_counts(), measured_steps[-1])
 
@@ -290,7 +292,7 @@ class Run:
             after_step(pruner.prune_now())
         for _ in range(MAX_REPAIRS):
             # The model predicts the budget met; where a target measures more, aim lower by the miss.
-            thin = pruner.thinned_copy()
+            thin = self.export(pruner.thinned_copy(), deploy)
             pairs = parallel(lambda t, m=thin: self.side_by_side(t, self.unpruned_onnx, m, deploy), targets)
             over = [a.median_ms / (b.median_ms * self.s.latency_ratio * HEADROOM) for b, a in pairs]
             if max(over) <= 1.0:
@@ -303,7 +305,8 @@ class Run:
         pruned = pruner.finalize()
         self._train(pruned, data, self.s.epochs, self.s.lr, "fine-tuning the pruned model")
         accuracy_after = evaluate(pruned, data.val)
-        final = parallel(lambda t: self.side_by_side(t, self.unpruned_onnx, pruned, deploy), targets)
+        pruned_onnx = self.export(pruned, deploy)
+        final = parallel(lambda t: self.side_by_side(t, self.unpruned_onnx, pruned_onnx, deploy), targets)
         keep = pruner.keep_counts()
         final_graph = analyse(pruned.eval(), example, batch=self.s.batch, dtype=self.s.dtype)  # type: ignore[arg-type]
         reports = [
@@ -340,7 +343,7 @@ class Run:
             channels_before=channels_before,
             channels_after={lc.name: (lc.cin, lc.cout) for lc in final_graph.layers},
             model=pruned,
-            onnx_bytes=export_onnx(pruned, deploy, self.s.dtype),
+            onnx_bytes=pruned_onnx,
             staircase=self._staircase(targets[0], final_graph, channels_before),
             seconds=time.perf_counter() - start,
         )
