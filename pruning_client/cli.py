@@ -130,8 +130,24 @@ def lut(
 
 
 MODEL_HELP = f"reference model ({', '.join(sorted(MODELS))}) or module:factory"
-TARGET_HELP = "profiler service URL; repeat for several targets"
 DATA_HELP = "digits (scikit-learn, no download) or an ImageNet-style folder with train/ and val/"
+DTYPES = ("fp32", "fp16")
+
+# Options that `profile` and `prune` share: one declaration each.
+Targets = Annotated[list[str], typer.Option(help="profiler service URL; repeat for several targets")]
+ModelName = Annotated[str, typer.Option(help=MODEL_HELP)]
+Weights = Annotated[Path, typer.Option(help="trained weights (state_dict or saved model; trusted files only)")]
+InputSize = Annotated[int, typer.Option(help="input height = width (default 32 for digits, else 224)")]
+Batch = Annotated[int, typer.Option(help="deployment batch size the latency is measured at")]
+Dtype = Annotated[str, typer.Option(help="deployment precision: fp32 or fp16")]
+Ratio = Annotated[float, typer.Option(help="target latency / original latency, on every target")]
+BlockSize = Annotated[int, typer.Option(help="channels per block (default: per group, multiples of 8)")]
+Token = Annotated[str, typer.Option(help="bearer token (default: HALP_API_TOKEN)")]
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise _fail(f"--dtype must be one of {', '.join(DTYPES)}")
 
 
 def _run_errors():
@@ -146,21 +162,19 @@ def _run_errors():
 
 @app.command()
 def profile(
-    target: Annotated[list[str], typer.Option(help=TARGET_HELP)],
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "resnet18",
-    weights: Annotated[
-        Path, typer.Option(help="trained weights (state_dict or saved model; trusted files only)")
-    ] = None,
+    target: Targets,
+    model: ModelName = "resnet18",
+    weights: Weights = None,
     data: Annotated[
         str, typer.Option(help="digits (32x32 inputs, 10 classes) or imagenet-style (224, 1000)")
     ] = "digits",
-    input_size: Annotated[int, typer.Option(help="input height = width (default 32 for digits, else 224)")] = None,
-    batch: Annotated[int, typer.Option(help="deployment batch size")] = 1,
-    dtype: Annotated[str, typer.Option(help="fp32 or fp16")] = "fp32",
-    latency_ratio: Annotated[float, typer.Option(help="target latency / original latency")] = 0.5,
+    input_size: InputSize = None,
+    batch: Batch = 1,
+    dtype: Dtype = "fp32",
+    latency_ratio: Ratio = 0.5,
     steps: Annotated[int, typer.Option(help="pruning steps of the run to prepare")] = 10,
-    block_size: Annotated[int, typer.Option(help="channels per block (default: per group, multiples of 8)")] = None,
-    token: Annotated[str, typer.Option(help="bearer token (default: HALP_API_TOKEN)")] = None,
+    block_size: BlockSize = None,
+    token: Token = None,
 ) -> None:
     """Measure on every target the table points a pruning run of this model will need.
 
@@ -170,6 +184,7 @@ def profile(
     """
     from pruning_client.workflow import Run, RunSettings
 
+    _check_dtype(dtype)
     settings = RunSettings(
         targets=target, model=model, weights=weights, data=data, input_size=input_size, batch=batch, dtype=dtype,
         latency_ratio=latency_ratio, steps=steps, block_size=block_size, token=token,
@@ -189,16 +204,14 @@ def profile(
 
 @app.command()
 def prune(
-    target: Annotated[list[str], typer.Option(help=TARGET_HELP)],
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "resnet18",
-    weights: Annotated[
-        Path, typer.Option(help="trained weights (state_dict or saved model; trusted files only)")
-    ] = None,
-    latency_ratio: Annotated[float, typer.Option(help="target latency / original latency, on every target")] = 0.5,
+    target: Targets,
+    model: ModelName = "resnet18",
+    weights: Weights = None,
+    latency_ratio: Ratio = 0.5,
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
-    input_size: Annotated[int, typer.Option(help="input height = width (default 32 for digits, else 224)")] = None,
-    batch: Annotated[int, typer.Option(help="deployment batch size the latency is measured at")] = 1,
-    dtype: Annotated[str, typer.Option(help="deployment precision: fp32 or fp16")] = "fp32",
+    input_size: InputSize = None,
+    batch: Batch = 1,
+    dtype: Dtype = "fp32",
     steps: Annotated[int, typer.Option(help="pruning steps (exponential budget schedule)")] = 10,
     epochs: Annotated[int, typer.Option(help="fine-tuning epochs after the last pruning step")] = 3,
     pretrain_epochs: Annotated[
@@ -206,10 +219,10 @@ def prune(
     ] = None,
     prune_epochs: Annotated[float, typer.Option(help="training epochs over which the pruning steps are spread")] = 1.0,
     lr: Annotated[float, typer.Option(help="learning rate while pruning and fine-tuning")] = 0.02,
-    block_size: Annotated[int, typer.Option(help="channels per block (default: per group, multiples of 8)")] = None,
+    block_size: BlockSize = None,
     per_target: Annotated[bool, typer.Option(help="one model per target instead of one meeting every budget")] = False,
     out: Annotated[Path, typer.Option(help="output directory")] = Path("halp-out"),
-    token: Annotated[str, typer.Option(help="bearer token (default: HALP_API_TOKEN)")] = None,
+    token: Token = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
 ) -> None:
     """Prune a model until its latency, measured by each target's service, meets the budget.
@@ -218,8 +231,7 @@ def prune(
     """
     from pruning_client.workflow import Run, RunSettings
 
-    if dtype not in ("fp32", "fp16"):
-        raise _fail("--dtype must be fp32 or fp16")
+    _check_dtype(dtype)
     settings = RunSettings(
         targets=target, model=model, weights=weights, latency_ratio=latency_ratio, data=data, input_size=input_size,
         batch=batch, dtype=dtype, steps=steps, epochs=epochs, pretrain_epochs=pretrain_epochs,

@@ -31,12 +31,7 @@ def staircase_plot(table: LutTable, path: Path, marked_cout: int | None = None) 
     ax.set_title(f"{table.shape}\n{table.backend} {table.fingerprint}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _pyplot():
@@ -46,6 +41,15 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
 
 
 def latency_steps_plot(report: dict, path: Path) -> Path:
@@ -67,10 +71,7 @@ def latency_steps_plot(report: dict, path: Path) -> Path:
     ax.set_ylabel("latency (ms)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def channels_plot(report: dict, path: Path) -> Path:
@@ -86,10 +87,7 @@ def channels_plot(report: dict, path: Path) -> Path:
     ax.set_xticks(list(xs), names, rotation=90, fontsize=6)
     ax.set_ylabel("output channels")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def chosen_staircase_plot(staircase: dict, path: Path) -> Path:
@@ -104,7 +102,4 @@ def chosen_staircase_plot(staircase: dict, path: Path) -> Path:
     ax.set_title(staircase["shape"], fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

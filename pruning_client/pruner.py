@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pruning_client.graph import ExampleInputs, GraphError, prune_groups
+from pruning_client.graph import ExampleInputs, GraphError, prune_groups, pruned_copy
 from pruning_client.knapsack import Infeasible, solve
 from pruning_client.latency import LatencyModel
 from pruning_client.saliency import TaylorSaliency
@@ -257,8 +257,6 @@ class HALPPruner:
 
     def thinned_copy(self) -> nn.Module:
         """A physically pruned deep copy of the current state (for end-to-end measurement)."""
-        from pruning_client.graph import pruned_copy
-
         self.remove_masks()
         try:
             keep = {g.root: np.flatnonzero(m) for g, m in zip(self.graph.groups, self.masks, strict=True)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +15,9 @@ import httpx
 import pytest
 from hypothesis import settings
 
+from pruning_client.demo import free_port
+
 CONV = "conv2d-k3x3-s1x1-p1x1-d1x1-g1-h28w28-b1-fp32"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

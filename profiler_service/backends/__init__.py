@@ -6,15 +6,14 @@ from pathlib import Path
 
 from profiler_service.backends.base import Backend, BackendUnavailable, Runner, UnsupportedModel
 
-BACKEND_NAMES = ("tensorrt", "torch-cuda", "onnxruntime", "torch-cpu")
-AUTO_ORDER = BACKEND_NAMES  # fastest deployment engine first; CPUs fall through to ORT
+BACKEND_NAMES = ("tensorrt", "torch-cuda", "onnxruntime", "torch-cpu")  # auto tries them in this order
 
 
 def create_backend(name: str, threads: int | None = None, cache_dir: Path = Path(".")) -> Backend:
     """Build the named backend, or with ``auto`` the first that works here."""
     if name == "auto":
         reasons = []
-        for candidate in AUTO_ORDER:
+        for candidate in BACKEND_NAMES:
             try:
                 return create_backend(candidate, threads, cache_dir)
             except BackendUnavailable as e:
