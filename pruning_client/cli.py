@@ -240,10 +240,12 @@ def prune(
     )  # fmt: skip
     try:
         with RichUI(err) as ui:
-            Run(settings, ui).prune()
+            run = Run(settings, ui)
+            run.prune()
     except _run_errors() as e:
         raise _fail(str(e)) from None
-    _print_report(out)
+    for directory in run.outputs:  # --per-target writes one report per target
+        _print_report(directory)
 
 
 def _print_report(directory: Path) -> None:

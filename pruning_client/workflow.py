@@ -113,8 +113,8 @@ class Run:
             raise ValueError("--latency-ratio must be in (0, 1]")
         self.s = settings
         self.ui = ui or SilentUI()
-        self.timings: dict[str, float] = {}
         self.clients: list[ProfilerClient] = []
+        self.outputs: list[Path] = []  # report directories written by prune(): one, or one per target
 
     # --- pieces --------------------------------------------------------------------------------
     def load(self) -> tuple[Loaders, nn.Module]:
@@ -254,6 +254,7 @@ class Run:
                 out = self.s.out / f"target{i}" if len(groups) > 1 else self.s.out
                 work_graph = graph if work is model else analyse(work.eval(), example, self.s.batch, self.s.dtype)  # type: ignore[arg-type]
                 reports += self._prune_for(group, work, work_graph, data, accuracy_before, example, deploy, out, start)
+                self.outputs.append(out)
             return reports
         finally:
             self.close()

@@ -75,3 +75,18 @@ def test_prune_mistakes_are_clear_errors(service, tmp_path):
         assert message in out.stderr and "Traceback" not in out.stderr
     missing = halp("report", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_per_target_prunes_one_model_per_target_and_reports_each(make_service, tmp_path):
+    first, second = make_service("a.db"), make_service("b.db", threads=2)  # two CPU "devices"
+    out = tmp_path / "run"
+    result = halp(
+        "prune", "--model", "resnet20", "--target", first.url, "--target", second.url, "--per-target",
+        "--latency-ratio", "0.7", "--steps", "2", "--epochs", "1", "--pretrain-epochs", "2", "--out", str(out),
+        env=cache_env(tmp_path, "cache"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for i, service in enumerate((first, second)):
+        (target,) = json.loads((out / f"target{i}" / "report.json").read_text())["targets"]
+        assert target["target"] == service.url
+        assert service.url in result.stdout
