@@ -29,23 +29,27 @@ def random_keep(rng, sizes):
     return np.array([max(BLOCK, int(rng.integers(s // 4, s + 1)) // BLOCK * BLOCK) for s in sizes])
 
 
-def test_prediction_within_10_percent_of_measurement(setup):
+def test_prediction_matches_side_by_side_measurement(setup):
+    """Predicted vs measured on random prunings, each measured as the median of interleaved rounds.
+
+    One whole-model measurement on a shared 2-core VM spreads by several per cent (CI once saw 14 %
+    on a single sample); interleaving the configurations spreads machine drift over all of them.
+    """
     model, x, graph, profiler = setup
     latency = LatencyModel(graph, profiler.tables())
     rng = np.random.default_rng(0)
+    configs = [graph.sizes] + [random_keep(rng, graph.sizes) for _ in range(10)]
+    thin = [
+        pruned_copy(model, x, {g.root: np.arange(k) for g, k in zip(graph.groups, keep, strict=True)})
+        for keep in configs
+    ]
+    rounds = np.array([[profiler.measure_model(m, x) for m in thin] for _ in range(3)])
+    measured = np.median(rounds, axis=0)
 
-    def measured(keep):
-        thin = pruned_copy(model, x, {g.root: np.arange(k) for g, k in zip(graph.groups, keep, strict=True)})
-        return profiler.measure_model(thin, x)
-
-    calibration = [graph.sizes, random_keep(rng, graph.sizes), random_keep(rng, graph.sizes)]
-    fit = latency.calibrate([(k, measured(k)) for k in calibration])
+    fit = latency.calibrate(list(zip(configs[:3], measured[:3], strict=True)))
     assert fit.a > 0 and all(abs(r) < 0.1 for r in fit.residuals)
-    errors = []
-    for _ in range(8):
-        keep = random_keep(rng, graph.sizes)
-        errors.append(abs(latency.predict(keep) - measured(keep)) / measured(keep))
-    assert max(errors) <= 0.10, np.round(errors, 3)
+    errors = np.array([abs(latency.predict(k) - m) / m for k, m in zip(configs[3:], measured[3:], strict=True)])
+    assert np.median(errors) <= 0.05 and errors.max() <= 0.12, np.round(errors, 3)
 
 
 def test_cost_curves_credit_both_sides_of_a_group(setup):
