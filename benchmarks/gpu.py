@@ -59,7 +59,7 @@ def latency_check(profiler: LocalProfiler, batch: int, configs: int, rng) -> dic
     latency = LatencyModel(graph, profiler.tables())
 
     def measured(keep) -> float:
-        keep_idx = {g.root: np.arange(k) for g, k in zip(graph.groups, keep, strict=True)}
+        keep_idx = graph.first_channels(keep)
         return network_ms(pruned_copy(model, x, keep_idx), batch, 224)
 
     def random_keep() -> np.ndarray:

@@ -88,7 +88,7 @@ def run_seed(seed: int, target: RemoteTarget, epochs: int, finetune: int) -> dic
         return target.measure(export_onnx(m, x), shape).median_ms
 
     half = np.maximum(BLOCK, graph.sizes // 2 // BLOCK * BLOCK)
-    thin = pruned_copy(model, x, {g.root: np.arange(k) for g, k in zip(graph.groups, half, strict=True)})
+    thin = pruned_copy(model, x, graph.first_channels(half))
     latency.calibrate([(graph.sizes, measure(model)), (half, measure(thin))])
 
     halp_keep = knapsack_choice(model, x, latency, importance, RATIO)

@@ -42,7 +42,7 @@ def check_model(name: str, size: int, configs: int, target: RemoteTarget, rng) -
 
     def measured(keep) -> float:
         """Median of three service measurements: one alone spreads by +-4 % (more for big models) here."""
-        thin = pruned_copy(model, x, {g.root: np.arange(k) for g, k in zip(graph.groups, keep, strict=True)})
+        thin = pruned_copy(model, x, graph.first_channels(keep))
         onnx_bytes = export_onnx(thin, x)
         return float(np.median([target.measure(onnx_bytes, shape).median_ms for _ in range(MEASUREMENTS)]))
 

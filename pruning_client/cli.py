@@ -141,7 +141,12 @@ InputSize = Annotated[int, typer.Option(help="input height = width (default 32 f
 Batch = Annotated[int, typer.Option(help="deployment batch size the latency is measured at")]
 Dtype = Annotated[str, typer.Option(help="deployment precision: fp32 or fp16")]
 Ratio = Annotated[float, typer.Option(help="target latency / original latency, on every target")]
-BlockSize = Annotated[int, typer.Option(help="channels per block (default: per group, multiples of 8)")]
+BlockSize = Annotated[
+    int,
+    typer.Option(
+        help="channels per block (default: per group, multiples of 8; grouped convs: whole channels per conv group)"
+    ),
+]
 Token = Annotated[str, typer.Option(help="bearer token (default: HALP_API_TOKEN)")]
 
 

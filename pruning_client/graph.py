@@ -1,7 +1,8 @@
 """Graph analysis: any ``nn.Module`` -> coupled channel groups + the conv/linear layers they size.
 
 Coupling comes from Torch-Pruning's dependency graph (residual adds,
-concatenations, depthwise convs, batch norms, flatten into a classifier).
+concatenations, depthwise and grouped convs, batch norms, flatten into a
+classifier).
 On top of it this module records, for every conv/linear *call* seen in a
 forward pass, its layer-shape key and how its channel counts depend on the
 groups: ``cin = cin0 - sum_g F_in[l, g] * (n_g - k_g)`` (and likewise cout),
@@ -11,6 +12,7 @@ where ``k_g`` is the number of channels group g keeps.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +48,19 @@ class ChannelGroup:
     bns: list[GroupItem] = field(default_factory=list)  # batch norms on the group's channels (saliency)
     producers: list[GroupItem] = field(default_factory=list)  # conv/linear whose outputs are the group
     maskable: list[GroupItem] = field(default_factory=list)  # conv/linear/BN outputs to zero when pruned
+    # A grouped conv on either side splits the channels into equal chunks, one per conv group; every
+    # chunk must keep the same positions, or the conv's groups would differ in width.
+    chunks: int = 1
+
+    @property
+    def positions(self) -> int:
+        """Channels per chunk: the unit a pruning decision keeps or drops (in every chunk at once)."""
+        return self.size // self.chunks
+
+    def channels_at(self, positions: np.ndarray) -> np.ndarray:
+        """The group channels of the given within-chunk positions, in every chunk (sorted if they are)."""
+        p = np.asarray(positions, dtype=np.int64)
+        return (np.arange(self.chunks)[:, None] * self.positions + p[None, :]).ravel()
 
 
 @dataclass
@@ -82,6 +97,19 @@ class ModelGraph:
 
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
+
+    def first_channels(self, keep: np.ndarray) -> dict[str, np.ndarray]:
+        """Root -> kept channels when group g keeps ``keep[g]``: the first positions of each chunk.
+
+        The thinned copies that calibrate and check the latency model use this:
+        latency depends on counts, not on which channels survive.
+        """
+        out = {}
+        for group, k in zip(self.groups, np.asarray(keep, dtype=np.int64), strict=True):
+            if not 0 < k <= group.size or k % group.chunks:
+                raise ValueError(f"group {group.root} cannot keep {k} of {group.size} in {group.chunks} equal chunks")
+            out[group.root] = group.channels_at(np.arange(k // group.chunks))
+        return out
 
 
 def _as_tuple(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
@@ -141,6 +169,11 @@ def _is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
+def _grouped(m: nn.Module) -> int:
+    """Conv groups of a grouped (not depthwise) conv, else 1."""
+    return m.groups if isinstance(m, nn.Conv2d) and m.groups > 1 and not _is_depthwise(m) else 1
+
+
 def layer_shape(module: nn.Module, input_size: tuple, batch: int, dtype: Dtype) -> LayerShape:
     if isinstance(module, nn.Linear):
         tokens = int(np.prod(input_size[1:-1])) if len(input_size) > 2 else 1
@@ -148,12 +181,11 @@ def layer_shape(module: nn.Module, input_size: tuple, batch: int, dtype: Dtype) 
     assert isinstance(module, nn.Conv2d)
     if isinstance(module.padding, str):
         raise GraphError(f"conv padding={module.padding!r} is not supported; use explicit padding")
-    if module.groups not in (1, module.in_channels) or (
-        module.groups > 1 and module.out_channels != module.in_channels
-    ):
+    if module.groups > 1 and module.groups == module.out_channels != module.in_channels:
+        # Torch-Pruning takes groups == out_channels for depthwise and would cut its input like its output
         raise GraphError(
-            f"grouped conv with groups={module.groups} ({module.in_channels}->{module.out_channels}) is not "
-            "supported yet; pass it in ignored_layers"
+            f"conv with groups={module.groups} ({module.in_channels}->{module.out_channels}) is not supported: "
+            "only depthwise convs may have groups == out_channels"
         )
     return LayerShape(
         op="conv2d",
@@ -163,7 +195,7 @@ def layer_shape(module: nn.Module, input_size: tuple, batch: int, dtype: Dtype) 
         stride=tuple(module.stride),  # type: ignore[arg-type]
         padding=tuple(module.padding),  # type: ignore[arg-type]
         dilation=tuple(module.dilation),  # type: ignore[arg-type]
-        groups=0 if _is_depthwise(module) else 1,
+        groups=0 if _is_depthwise(module) else module.groups,
         height=int(input_size[2]),
         width=int(input_size[3]),
     )
@@ -228,6 +260,11 @@ def _analyse(
                     group.maskable.append(entry)
                     if _is_depthwise(module):  # one pruner handles both sides of a depthwise conv
                         in_terms.setdefault(entry.module, {})[group.id] = factor
+                if (conv_groups := _grouped(module)) > 1:
+                    _check_grouped_side(group, entry, module, is_out)
+                    group.chunks = math.lcm(group.chunks, conv_groups)
+        if size % group.chunks:
+            raise GraphError(f"group {group.root}: {size} channels do not split into {group.chunks} equal chunks")
         groups.append(group)
 
     layers: list[LayerCall] = []
@@ -246,6 +283,20 @@ def _analyse(
         for gid, factor in out_terms.get(name, {}).items():
             f_out[row, gid] = factor
     return ModelGraph(model, dg, groups, layers, f_in, f_out, sorted(fixed))
+
+
+def _check_grouped_side(group: ChannelGroup, entry: GroupItem, module: nn.Conv2d, is_out: bool) -> None:
+    """A grouped conv's side must be exactly the group's channels in the group's own order.
+
+    Chunks are defined in the group's numbering; through a concatenation or a
+    reordering they would not line up with the conv's groups.
+    """
+    width = module.out_channels if is_out else module.in_channels
+    if len(entry.idxs) != group.size or width != group.size or not np.array_equal(entry.idxs, entry.root_idxs):
+        raise GraphError(
+            f"grouped conv {entry.module} (groups={module.groups}) takes part of a concatenation or a reordered "
+            "group, which is not supported"
+        )
 
 
 def prune_groups(graph: ModelGraph, remove: dict[int, np.ndarray]) -> nn.Module:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pruning_client.graph import ExampleInputs, GraphError, prune_groups, pruned_copy
+from pruning_client.graph import ExampleInputs, GraphError, ModelGraph, prune_groups, pruned_copy
 from pruning_client.knapsack import Infeasible, solve
 from pruning_client.latency import LatencyModel
 from pruning_client.saliency import TaylorSaliency
@@ -41,14 +41,24 @@ class PruneStep:
     met: bool = True  # False: the budget was out of reach and the minimum was kept
 
 
-def auto_block_sizes(sizes: Sequence[int], align: int = 8, max_blocks: int = 16) -> list[int]:
-    """Per-group blocks: multiples of ``align`` channels, at most ``max_blocks`` choices per group.
+def block_sizes(graph: ModelGraph, block_size: int | Sequence[int] | None = None, max_blocks: int = 16) -> list[int]:
+    """Channels per pruning block of every group: given (one or per group) or automatic.
 
-    Kernels tile channels (8 on CPUs' NCHWc layout, 8-32 on GPUs), and fewer
-    choices per group means fewer table points to measure; the paper used 32
-    for bottleneck convs and 64-128 for residual groups of ResNet-50.
+    Automatic blocks are multiples of 8 channels with at most ``max_blocks``
+    choices per group: kernels tile channels (8 on CPUs' NCHWc layout, 8-32
+    on GPUs), and fewer choices mean fewer table points to measure; the paper
+    used 32 for bottleneck convs and 64-128 for residual groups of ResNet-50.
+    Every block is a whole number of positions of the group's chunks (a
+    grouped conv prunes all its groups alike), so sizes round up to that.
     """
-    return [max(align, math.ceil(s / max_blocks / align) * align) for s in sizes]
+    groups = graph.groups
+    if block_size is None:
+        aligns = [math.lcm(8, g.chunks) for g in groups]
+        return [max(a, math.ceil(g.size / max_blocks / a) * a) for g, a in zip(groups, aligns, strict=True)]
+    sizes = [block_size] * len(groups) if isinstance(block_size, int) else list(block_size)
+    if len(sizes) != len(groups) or min(sizes) < 1:
+        raise ValueError(f"block_size: a positive int or one per group ({len(groups)})")
+    return [math.ceil(b / g.chunks) * g.chunks for b, g in zip(sizes, groups, strict=True)]
 
 
 def exponential_budgets(full: float, target: float, steps: int) -> list[float]:
@@ -65,7 +75,7 @@ class HALPPruner:
         target_ratio: float | Sequence[float],
         steps: int = 10,
         interval: int = 10,
-        block_size: int | Sequence[int] = 8,
+        block_size: int | Sequence[int] | None = 8,
         start: int = 0,
         min_keep_blocks: int = 1,
     ) -> None:
@@ -78,9 +88,7 @@ class HALPPruner:
         ratios = [target_ratio] * len(self.models) if isinstance(target_ratio, int | float) else list(target_ratio)
         if len(ratios) != len(self.models) or not all(0 < r <= 1 for r in ratios):
             raise ValueError("target_ratio: one ratio in (0, 1] per target")
-        sizes = [block_size] * len(self.graph.groups) if isinstance(block_size, int) else list(block_size)
-        if len(sizes) != len(self.graph.groups) or min(sizes) < 1:
-            raise ValueError(f"block_size: a positive int or one per group ({len(self.graph.groups)})")
+        sizes = block_sizes(self.graph, block_size)
         if steps < 1 or interval < 1 or min_keep_blocks < 1:
             raise ValueError("steps, interval and min_keep_blocks must be positive")
         self.model, self.example_inputs = model, example_inputs
@@ -139,14 +147,17 @@ class HALPPruner:
             budgets = [b[len(self.history)] for b in self.budgets]
         keep_now = self.keep_counts()
         orders, counts, values, lo = [], [], [], []
-        for g, mask in enumerate(self.masks):
-            kept = np.flatnonzero(mask)
-            order = kept[np.argsort(-importance[g][kept], kind="stable")]
-            blocks = math.ceil(len(kept) / self.block_sizes[g])
-            c = np.minimum(np.arange(blocks + 1) * self.block_sizes[g], len(kept))
+        for group, mask, block in zip(self.graph.groups, self.masks, self.block_sizes, strict=True):
+            # decisions are made per position (the same channel of every chunk), in position units
+            score = importance[group.id].reshape(group.chunks, group.positions).sum(0)
+            kept = np.flatnonzero(mask[: group.positions])
+            order = kept[np.argsort(-score[kept], kind="stable")]
+            unit = block // group.chunks
+            blocks = math.ceil(len(kept) / unit)
+            c = np.minimum(np.arange(blocks + 1) * unit, len(kept))
             orders.append(order)
-            counts.append(c)
-            values.append(np.concatenate(([0.0], np.cumsum(importance[g][order])))[c])
+            counts.append(c * group.chunks)
+            values.append(np.concatenate(([0.0], np.cumsum(score[order])))[c])
             lo.append(min(self.min_keep_blocks, blocks))
         # costs are only defined where a group keeps channels: reuse the smallest allowed count below it
         curve_counts = [np.maximum(c, c[m]) for c, m in zip(counts, lo, strict=True)]
@@ -170,9 +181,9 @@ class HALPPruner:
             )  # fmt: skip
         total = sum(float(v[-1]) for v in values)
         kept_value = sum(float(v[kg]) for v, kg in zip(values, k, strict=True))
-        for g, (order, c) in enumerate(zip(orders, new_keep, strict=True)):
-            self.masks[g][:] = False
-            self.masks[g][order[:c]] = True
+        for group, order, c in zip(self.graph.groups, orders, new_keep, strict=True):
+            self.masks[group.id][:] = False
+            self.masks[group.id][group.channels_at(order[: c // group.chunks])] = True
         self._apply_masks()
         record = PruneStep(
             step=len(self.history) + 1,

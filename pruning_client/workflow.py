@@ -27,7 +27,7 @@ from pruning_client.export import export_onnx
 from pruning_client.graph import ModelGraph, analyse, pruned_copy
 from pruning_client.latency import LatencyModel
 from pruning_client.models.registry import ModelError, build_model, load_weights
-from pruning_client.pruner import HALPPruner, PruneStep, auto_block_sizes
+from pruning_client.pruner import HALPPruner, PruneStep, block_sizes
 from pruning_client.remote import ProfilerClient, RemoteTarget
 from pruning_client.report import TargetReport, write_report
 from pruning_client.saliency import magnitude_saliency
@@ -174,8 +174,8 @@ class Run:
     def calibrate(self, targets: list[Target], model: nn.Module, graph: ModelGraph, example, deploy) -> None:
         """Fit a, b per target from the unpruned model and a copy thinned to about half its channels."""
         blocks = self.block_sizes(graph)
-        half = np.array([max(b, (s // 2) // b * b) for s, b in zip(graph.sizes, blocks, strict=True)])
-        thin = pruned_copy(model, example, {g.root: np.arange(k) for g, k in zip(graph.groups, half, strict=True)})
+        half = np.array([min(s, max(b, (s // 2) // b * b)) for s, b in zip(graph.sizes, blocks, strict=True)])
+        thin = pruned_copy(model, example, graph.first_channels(half))
         self.unpruned_onnx = self.export(model, deploy)
         thin_onnx = self.export(thin, deploy)
 
@@ -187,7 +187,7 @@ class Run:
         parallel(fit, targets)
 
     def block_sizes(self, graph: ModelGraph) -> list[int]:
-        return [self.s.block_size] * len(graph.groups) if self.s.block_size else auto_block_sizes(graph.sizes)
+        return block_sizes(graph, self.s.block_size)
 
     def setup(self, model: nn.Module, size: int) -> tuple[ModelGraph, list[Target], torch.Tensor, torch.Tensor]:
         example = torch.randn(1, 3, size, size)

@@ -70,6 +70,24 @@ class SharedLayer(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
+class GroupedBottleneck(nn.Module):
+    """ResNeXt-style: a grouped 3x3 between two 1x1s, with a residual add and a grouped conv feeding a grouped conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.reduce = nn.Sequential(nn.Conv2d(16, 24, 1), nn.BatchNorm2d(24), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(24, 24, 3, padding=1, groups=4), nn.BatchNorm2d(24), nn.ReLU())
+        self.grouped2 = nn.Sequential(nn.Conv2d(24, 12, 3, padding=1, groups=6), nn.BatchNorm2d(12), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(12, 16, 1), nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        t = self.stem(x)
+        y = (t + self.expand(self.grouped2(self.grouped(self.reduce(t))))).relu()
+        return self.fc(y.mean((2, 3)))
+
+
 def module_channels(model: nn.Module, name: str) -> tuple[int, int]:
     m = model.get_submodule(name)
     return (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features)
@@ -80,16 +98,20 @@ def prune_randomly_and_check(model: nn.Module, x: torch.Tensor, seed: int = 0) -
     graph = analyse(model, x)
     assert graph.groups, "nothing prunable found"
     rng = np.random.default_rng(seed)
-    keep = np.array([rng.integers(1, g.size + 1) for g in graph.groups])
+    kept_positions = [rng.integers(1, g.positions + 1) for g in graph.groups]
+    keep = np.array([k * g.chunks for g, k in zip(graph.groups, kept_positions, strict=True)])
     expected_cin, expected_cout = graph.channels(keep)
     output_widths = {name: module_channels(model, name)[1] for name in graph.fixed_layers}
-    prune_groups(
-        graph, {g.id: rng.choice(g.size, g.size - k, replace=False) for g, k in zip(graph.groups, keep, strict=True)}
-    )
+    dropped = [
+        rng.choice(g.positions, g.positions - k, replace=False)
+        for g, k in zip(graph.groups, kept_positions, strict=True)
+    ]
+    prune_groups(graph, {g.id: g.channels_at(np.sort(d)) for g, d in zip(graph.groups, dropped, strict=True)})
     with torch.no_grad():
         out = model(x)
     for lc, cin, cout in zip(graph.layers, expected_cin, expected_cout, strict=True):
         assert module_channels(model, lc.module) == (cin, cout), lc.name
+        lc.shape.check_point(int(cin), int(cout))  # a point the profiler service can measure
     for name, width in output_widths.items():  # outputs keep their width
         assert module_channels(model, name)[1] == width
     onnx.checker.check_model(onnx.load_model_from_string(export_onnx(model, x)))
@@ -106,7 +128,7 @@ def test_reference_models_prune_to_random_counts(name):
     assert outputs[0].shape[0] == 1 and outputs[0].shape[-1] == 10  # class dimension untouched
 
 
-@pytest.mark.parametrize("cls", [Concat, DepthwiseSeparable, TwoConsumers, SharedLayer])
+@pytest.mark.parametrize("cls", [Concat, DepthwiseSeparable, TwoConsumers, SharedLayer, GroupedBottleneck])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_odd_topologies_prune_to_random_counts(cls, seed):
     torch.manual_seed(seed)
@@ -127,6 +149,39 @@ def test_layer_shapes_and_coupling_are_recorded():
 
     shared = analyse(SharedLayer(), torch.randn(1, 3, 8, 8))
     assert [lc.name for lc in shared.layers] == ["stem.0", "shared", "shared#2", "fc"]
+
+
+def test_grouped_convs_prune_every_conv_group_alike():
+    torch.manual_seed(0)
+    model = GroupedBottleneck().eval()
+    x = torch.randn(1, 3, 8, 8)
+    graph = analyse(model, x)
+    keys = {lc.name: lc.shape.key for lc in graph.layers}
+    assert keys["grouped.0"] == "conv2d-k3x3-s1x1-p1x1-d1x1-g4-h8w8-b1-fp32"
+    chunks = {g.root: g.chunks for g in graph.groups}
+    # grouped.0's output (4 groups) is grouped2.0's input (6 groups): both splits must hold, lcm = 12
+    assert chunks == {"expand.0": 1, "reduce.0": 4, "grouped.0": 12, "grouped2.0": 6}
+    group = next(g for g in graph.groups if g.root == "grouped.0")
+    dropped = group.channels_at(np.array([1]))
+    assert dropped.tolist() == list(range(1, 24, 2))
+
+    # pruning those channels must compute what the unpruned net computes with them zeroed
+    hook = model.grouped[1].register_forward_hook(lambda m, i, out: out.index_fill(1, torch.as_tensor(dropped), 0.0))
+    with torch.no_grad():
+        expected = model(x)
+    hook.remove()
+    prune_groups(graph, {group.id: dropped})
+    assert (model.grouped[0].out_channels, model.grouped2[0].in_channels, model.grouped2[0].groups) == (12, 12, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+
+
+def test_uneven_keep_of_a_grouped_conv_is_refused():
+    graph = analyse(GroupedBottleneck(), torch.randn(1, 3, 8, 8))
+    keep = graph.sizes.copy()
+    keep[next(g.id for g in graph.groups if g.root == "reduce.0")] = 22  # 24 channels in 4 chunks: not 22
+    with pytest.raises(ValueError, match="4 equal chunks"):
+        graph.first_channels(keep)
 
 
 def test_user_ignored_layers_stay_fixed():

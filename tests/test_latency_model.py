@@ -39,10 +39,7 @@ def test_prediction_matches_side_by_side_measurement(setup):
     latency = LatencyModel(graph, profiler.tables())
     rng = np.random.default_rng(0)
     configs = [graph.sizes] + [random_keep(rng, graph.sizes) for _ in range(10)]
-    thin = [
-        pruned_copy(model, x, {g.root: np.arange(k) for g, k in zip(graph.groups, keep, strict=True)})
-        for keep in configs
-    ]
+    thin = [pruned_copy(model, x, graph.first_channels(keep)) for keep in configs]
     rounds = np.array([[profiler.measure_model(m, x) for m in thin] for _ in range(3)])
     measured = np.median(rounds, axis=0)
 

@@ -38,7 +38,7 @@ def test_halp_prunes_resnet20_on_digits_to_budget_and_keeps_accuracy():
     profiler = LocalProfiler("onnxruntime", threads=1, policy=TimingPolicy(warmup_ms=5, max_ms=300, rel_tol=0.02))
     latency = LatencyModel(graph, profiler.tables())
     half = np.maximum(8, graph.sizes // 2)
-    thin = pruned_copy(model, x, {g.root: np.arange(k) for g, k in zip(graph.groups, half, strict=True)})
+    thin = pruned_copy(model, x, graph.first_channels(half))
 
     def measured(m):  # median of three: one whole-model measurement varies by a few % here
         return float(np.median([profiler.measure_model(m, x) for _ in range(3)]))
@@ -93,3 +93,33 @@ def test_a_repair_step_right_after_a_step_ranks_by_the_last_saliency():
     assert repair.met and 0.9 * budget <= repair.predicted_ms[0] <= budget  # not a blind cut
     assert repair.saliency_kept < 1.0  # ranked by real saliency, not by zeros
     assert all((now <= before).all() for now, before in zip(pruner.masks, kept_before, strict=True))
+
+
+def test_resnext_groups_are_pruned_alike_in_every_conv_group():
+    from pruning_client.latency import LatencyTables
+    from pruning_client.models import resnext50_32x4d
+    from pruning_client.saliency import magnitude_saliency
+
+    torch.manual_seed(0)
+    model = resnext50_32x4d(10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph = analyse(model, x)
+    grouped = [g for g in graph.groups if g.chunks > 1]
+    assert grouped and all(g.chunks == 32 for g in grouped)
+    tables = LatencyTables(fetch=lambda need: {k: {p: 5.0 + p[0] * p[1] for p in pts} for k, pts in need.items()})
+    latency = LatencyModel(graph, tables)
+    pruner = HALPPruner(model, x, latency, target_ratio=0.5, steps=2, interval=1, block_size=8)
+    assert all(pruner.block_sizes[g.id] == 32 for g in grouped)  # 8 rounds up to one channel per conv group
+    for _ in range(2):
+        pruner.prune_now(magnitude_saliency(graph))
+    per_chunk = [pruner.masks[g.id].reshape(g.chunks, g.positions) for g in grouped]
+    assert all((m == m[0]).all() for m in per_chunk)
+    assert any(m[0].sum() < m.shape[1] for m in per_chunk)
+    keep = pruner.keep_counts()
+    pruned = pruner.finalize()
+    for lc, cin, cout in zip(graph.layers, *graph.channels(keep), strict=True):
+        module = pruned.get_submodule(lc.module)
+        assert (getattr(module, "in_channels", None) or module.in_features) == cin
+        lc.shape.check_point(int(cin), int(cout))
+    assert pruned.get_submodule("stages.0.0.body.3").groups == 32
+    onnx.checker.check_model(onnx.load_model_from_string(export_onnx(pruned, x)))

@@ -1,19 +1,21 @@
-"""ResNets: ImageNet-style (18/50/101, torchvision's layout) and CIFAR-style (20/56, 3x3 stem)."""
+"""ResNets: ImageNet-style (18/50/101, ResNeXt-50, torchvision's layout) and CIFAR-style (20/56, 3x3 stem)."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
 
-def _conv_bn(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
 
 
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin: int, width: int, stride: int = 1) -> None:
+    def __init__(self, cin: int, width: int, stride: int = 1, groups: int = 1, base_width: int = 64) -> None:
         super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock has no grouped variant")
         cout = width * self.expansion
         self.body = nn.Sequential(*_conv_bn(cin, width, 3, stride), nn.ReLU(inplace=True), *_conv_bn(width, cout, 3))
         self.shortcut = nn.Sequential(*_conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout else nn.Identity()
@@ -26,15 +28,16 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, cin: int, width: int, stride: int = 1) -> None:
+    def __init__(self, cin: int, width: int, stride: int = 1, groups: int = 1, base_width: int = 64) -> None:
         super().__init__()
         cout = width * self.expansion
+        inner = width * base_width // 64 * groups  # ResNeXt: `groups` paths of base_width/64 of the width
         self.body = nn.Sequential(
-            *_conv_bn(cin, width, 1),
+            *_conv_bn(cin, inner, 1),
             nn.ReLU(inplace=True),
-            *_conv_bn(width, width, 3, stride),  # stride on the 3x3, as torchvision's ResNet v1.5
+            *_conv_bn(inner, inner, 3, stride, groups),  # stride on the 3x3, as torchvision's ResNet v1.5
             nn.ReLU(inplace=True),
-            *_conv_bn(width, cout, 1),
+            *_conv_bn(inner, cout, 1),
         )
         self.shortcut = nn.Sequential(*_conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
@@ -52,6 +55,8 @@ class ResNet(nn.Module):
         num_classes: int = 1000,
         cifar_stem: bool = False,
         in_channels: int = 3,
+        groups: int = 1,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
         if cifar_stem:
@@ -64,7 +69,7 @@ class ResNet(nn.Module):
         for i, (depth, width) in enumerate(zip(depths, widths, strict=True)):
             blocks = []
             for j in range(depth):
-                blocks.append(block(cin, width, 2 if (i > 0 and j == 0) else 1))
+                blocks.append(block(cin, width, 2 if (i > 0 and j == 0) else 1, groups, base_width))
                 cin = width * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -88,6 +93,10 @@ def resnet50(num_classes: int = 1000) -> ResNet:
 
 def resnet101(num_classes: int = 1000) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 23, 3], [64, 128, 256, 512], num_classes)
+
+
+def resnext50_32x4d(num_classes: int = 1000) -> ResNet:
+    return ResNet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], num_classes, groups=32, base_width=4)
 
 
 def resnet20(num_classes: int = 10) -> ResNet:
