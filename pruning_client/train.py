@@ -1,4 +1,8 @@
-"""Reference trainer: plain PyTorch, SGD + cosine schedule + label smoothing; drives a pruner if given."""
+"""Reference trainer: plain PyTorch, SGD + cosine schedule + label smoothing; drives a pruner if given.
+
+Runs on the device the model's parameters are on, and under DDP (see ``distributed``) when the
+model is wrapped and the loader's sampler is a ``DistributedSampler``.
+"""
 
 from __future__ import annotations
 
@@ -20,15 +24,22 @@ class TrainConfig:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy in percent."""
+def count_correct(model: nn.Module, loader: DataLoader) -> tuple[int, int]:
+    """(top-1 correct, samples) over the loader."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     correct = total = 0
     for x, y in loader:
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
         total += len(y)
     model.train(was_training)
+    return correct, total
+
+
+def evaluate(model: nn.Module, loader: DataLoader) -> float:
+    """Top-1 accuracy in percent."""
+    correct, total = count_correct(model, loader)
     return 100.0 * correct / max(total, 1)
 
 
@@ -52,10 +63,15 @@ def train(
     total = config.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total, 1))
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    device = next(model.parameters()).device
+    set_epoch = getattr(loader.sampler, "set_epoch", None)  # a DistributedSampler reshuffles per epoch
     model.train()
     i = 0
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
+        if set_epoch is not None:
+            set_epoch(epoch)
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(x), y)
             loss.backward()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pickle
 from pathlib import Path
 
 import torch
@@ -34,12 +35,24 @@ def build_model(spec: str, num_classes: int) -> nn.Module:
     return model
 
 
+def _load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ModelError(f"cannot read {path}: {e}") from None
+
+
+def load_model(path: Path) -> nn.Module:
+    """A whole pickled model, architecture included (the ``model.pt`` that ``halp prune`` writes)."""
+    obj = _load(path)
+    if not isinstance(obj, nn.Module):
+        raise ModelError(f"{path} holds no model (a state_dict has no architecture): use halp prune's model.pt")
+    return obj
+
+
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
     """A state_dict, or a whole pickled model (as ``halp prune`` saves), from ``path``."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise ModelError(f"cannot read weights {path}: {e}") from None
+    obj = _load(path)
     if isinstance(obj, nn.Module):
         return obj
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
