@@ -46,7 +46,7 @@ def test_prediction_matches_side_by_side_measurement(setup):
     fit = latency.calibrate(list(zip(configs[:3], measured[:3], strict=True)))
     assert fit.a > 0 and all(abs(r) < 0.1 for r in fit.residuals)
     errors = np.array([abs(latency.predict(k) - m) / m for k, m in zip(configs[3:], measured[3:], strict=True)])
-    assert np.median(errors) <= 0.05 and errors.max() <= 0.12, np.round(errors, 3)
+    assert np.median(errors) <= 0.05 and errors.max() <= 0.10, np.round(errors, 3)
 
 
 def test_cost_curves_credit_both_sides_of_a_group(setup):
