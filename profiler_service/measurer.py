@@ -8,7 +8,7 @@ import time
 from profiler_service.backends import Backend
 from profiler_service.metrics import Metrics
 from profiler_service.shapes import LayerShape
-from profiler_service.timing import LatencyStats, TimingPolicy, measure
+from profiler_service.timing import LatencyStats, TimingPolicy
 
 
 class Measurer:
@@ -21,21 +21,13 @@ class Measurer:
     def layer(self, shape: LayerShape, cin: int, cout: int) -> LatencyStats:
         with self._lock:
             start = time.perf_counter()
-            runner = self.backend.build_layer(shape, cin, cout)
-            try:
-                stats = measure(runner.run_batch, self.policy)
-            finally:
-                runner.close()
+            stats = self.backend.time_layer(shape, cin, cout, self.policy)
             self._metrics.point_seconds.observe(time.perf_counter() - start)
             self._metrics.points_measured.inc()
             return stats
 
     def model(self, onnx_bytes: bytes, input_shapes: dict[str, list[int]] | None) -> LatencyStats:
         with self._lock:
-            runner = self.backend.build_model(onnx_bytes, input_shapes)
-            try:
-                stats = measure(runner.run_batch, self.policy)
-            finally:
-                runner.close()
+            stats = self.backend.time_model(onnx_bytes, input_shapes, self.policy)
             self._metrics.models_measured.inc()
             return stats

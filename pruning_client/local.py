@@ -10,7 +10,7 @@ from torch import nn
 
 from profiler_service.backends import Backend, create_backend
 from profiler_service.shapes import parse_shape
-from profiler_service.timing import TimingPolicy, measure
+from profiler_service.timing import TimingPolicy
 from pruning_client.export import export_onnx
 from pruning_client.graph import ExampleInputs
 from pruning_client.latency import LatencyTables, Needed, Point
@@ -33,11 +33,7 @@ class LocalProfiler:
         for key, points in needed.items():
             shape = parse_shape(key)
             for cin, cout in sorted(points):
-                runner = self.backend.build_layer(shape, cin, cout)
-                try:
-                    out.setdefault(key, {})[(cin, cout)] = measure(runner.run_batch, self.policy).median_ms
-                finally:
-                    runner.close()
+                out.setdefault(key, {})[(cin, cout)] = self.backend.time_layer(shape, cin, cout, self.policy).median_ms
                 self.measured += 1
         return out
 
@@ -45,8 +41,4 @@ class LocalProfiler:
         return LatencyTables(fetch=self.fetch, fingerprint=self.fingerprint)
 
     def measure_model(self, model: nn.Module, example_inputs: ExampleInputs) -> float:
-        runner = self.backend.build_model(export_onnx(model, example_inputs), None)
-        try:
-            return measure(runner.run_batch, self.policy).median_ms
-        finally:
-            runner.close()
+        return self.backend.time_model(export_onnx(model, example_inputs), None, self.policy).median_ms

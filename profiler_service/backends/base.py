@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Any, Protocol
 
 from profiler_service.shapes import DTYPES, LayerShape, parse_shape
+from profiler_service.timing import LatencyStats, TimingPolicy, measure
 
 
 class BackendUnavailable(RuntimeError):
@@ -92,6 +93,24 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release device resources."""
+
+    def time_layer(self, shape: LayerShape, cin: int, cout: int, policy: TimingPolicy) -> LatencyStats:
+        """One table point, built, timed and released."""
+        runner = self.build_layer(shape, cin, cout)
+        try:
+            return measure(runner.run_batch, policy)
+        finally:
+            runner.close()
+
+    def time_model(
+        self, onnx_bytes: bytes, input_shapes: dict[str, list[int]] | None, policy: TimingPolicy
+    ) -> LatencyStats:
+        """End-to-end latency of a whole model."""
+        runner = self.build_model(onnx_bytes, input_shapes)
+        try:
+            return measure(runner.run_batch, policy)
+        finally:
+            runner.close()
 
     @cached_property
     def precisions(self) -> tuple[str, ...]:
