@@ -40,7 +40,7 @@ def test_prediction_matches_side_by_side_measurement(setup):
     rng = np.random.default_rng(0)
     configs = [graph.sizes] + [random_keep(rng, graph.sizes) for _ in range(10)]
     thin = [pruned_copy(model, x, graph.first_channels(keep)) for keep in configs]
-    rounds = np.array([[profiler.measure_model(m, x) for m in thin] for _ in range(3)])
+    rounds = np.array([[profiler.measure_model(m, x) for m in thin] for _ in range(5)])
     measured = np.median(rounds, axis=0)
 
     fit = latency.calibrate(list(zip(configs[:3], measured[:3], strict=True)))
