@@ -16,7 +16,8 @@ All steps are numpy array operations; nothing loops over capacity units.
 With ``rtol=0`` the result is optimal (float costs included); a positive
 ``rtol`` prunes partial choices that cannot beat the incumbent by more than
 that fraction, which bounds the gap by ``rtol``. Several targets are solved
-as a MILP (HiGHS) on the Pareto-reduced options, then checked exactly.
+as a MILP (HiGHS) on the Pareto-reduced options, stopped once HiGHS proves
+the choice within ``MULTI_TARGET_GAP`` of the optimum, then checked exactly.
 
 ``solve_paper`` re-implements the paper's augmented knapsack for comparison.
 """
@@ -30,6 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 
 ArrayLike = Sequence[float] | np.ndarray
+
+
+MULTI_TARGET_GAP = 1e-3  # the 0.1 % the contract allows: HiGHS twice as fast as proving 1e-9 (benchmarks/knapsack.py)
 
 
 class Infeasible(ValueError):
@@ -221,8 +225,13 @@ def _pareto_multi(cost: np.ndarray, value: np.ndarray, lo: int) -> np.ndarray:
     return k[~dominated & ~dup]
 
 
-def _milp(vals: list[np.ndarray], cost: list[np.ndarray], budgets: np.ndarray, options: list[np.ndarray]):
-    """One binary per allowed option, one choice per group, every budget met exactly (or None)."""
+def _milp(
+    vals: list[np.ndarray], cost: list[np.ndarray], budgets: np.ndarray, options: list[np.ndarray], gap: float = 1e-9
+):
+    """One binary per allowed option, one choice per group, every budget met exactly (or None).
+
+    ``gap``: HiGHS stops once its bound proves the choice within this fraction of the optimum.
+    """
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_array, vstack
 
@@ -244,7 +253,7 @@ def _milp(vals: list[np.ndarray], cost: list[np.ndarray], budgets: np.ndarray, o
             ],
             integrality=np.ones(n),
             bounds=Bounds(0, 1),
-            options={"mip_rel_gap": 1e-9},
+            options={"mip_rel_gap": gap},
         )  # fmt: skip
         if res.x is None:
             return None
@@ -279,7 +288,8 @@ def _solve_multi(vals: list[np.ndarray], cost: list[np.ndarray], budgets: np.nda
     targets = cost[0].shape[0]
     if len(budgets) != targets or any(c.shape[0] != targets for c in cost):
         raise ValueError(f"{len(budgets)} budgets for costs of {targets} targets")
-    keep = _milp(vals, cost, budgets, [_pareto_multi(c, v, int(m)) for c, v, m in zip(cost, vals, lo, strict=True)])
+    options = [_pareto_multi(c, v, int(m)) for c, v, m in zip(cost, vals, lo, strict=True)]
+    keep = _milp(vals, cost, budgets, options, gap=MULTI_TARGET_GAP)
     if keep is None:
         cheapest = np.array([int(m) + int(np.argmin(c[:, m:].max(0))) for c, m in zip(cost, lo, strict=True)])
         totals = [math.fsum(float(cost[g][t, cheapest[g]]) for g in range(len(cost))) for t in range(targets)]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pruning_client.knapsack import Infeasible, solve, solve_milp, solve_paper
+from pruning_client.knapsack import MULTI_TARGET_GAP, Infeasible, solve, solve_milp, solve_paper
 
 
 def staircase_instance(rng, groups: int, n_max: int, targets: int = 1, negative: bool = False):
@@ -62,7 +62,8 @@ def test_solve_matches_milp_and_meets_budgets_exactly(targets):
         keep = solve(values, costs, budget)
         assert all(t <= b for t, b in zip(exact_totals(costs, keep), np.atleast_1d(budget), strict=True))
         got = sum(float(v[k]) for v, k in zip(values, keep, strict=True))
-        assert got >= optimum * (1 - 1e-6) - 1e-9, (trial, got, optimum)
+        gap = 1e-6 if targets == 1 else MULTI_TARGET_GAP  # one target: exact; several: within 0.1 %
+        assert got >= optimum * (1 - gap) - 1e-9, (trial, got, optimum)
 
 
 def test_budget_equal_to_an_achievable_total_is_met_and_used():
@@ -159,7 +160,7 @@ def test_paper_no_layer_collapse_option_can_break_the_budget():
     assert solve_paper(values, costs, 0.003, disable_layer_prune=True).tolist() == [1, 1]  # 0.006 > 0.003
 
 
-def test_several_targets_on_a_large_instance_are_solved_to_the_optimum():
+def test_several_targets_on_a_large_instance_are_solved_within_the_gap():
     rng = np.random.default_rng(5)
     sizes = [64, 256, 128, 512, 256, 1024, 512, 2048] * 4
     values, costs = [], []
@@ -173,4 +174,4 @@ def test_several_targets_on_a_large_instance_are_solved_to_the_optimum():
     keep = solve(values, costs, budgets)
     assert all(t <= b for t, b in zip(exact_totals(costs, keep), budgets, strict=True))
     optimum = milp_optimum(values, costs, budgets)
-    assert sum(float(v[k]) for v, k in zip(values, keep, strict=True)) >= optimum * (1 - 1e-6)
+    assert sum(float(v[k]) for v, k in zip(values, keep, strict=True)) >= optimum * (1 - MULTI_TARGET_GAP)
