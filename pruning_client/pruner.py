@@ -146,23 +146,6 @@ class HALPPruner:
                 raise RuntimeError("the schedule is complete; pass budgets for an extra step")
             budgets = [b[len(self.history)] for b in self.budgets]
         keep_now = self.keep_counts()
-        orders, counts, values, lo = [], [], [], []
-        for group, mask, block in zip(self.graph.groups, self.masks, self.block_sizes, strict=True):
-            # decisions are made per position (the same channel of every chunk), in position units
-            score = importance[group.id].reshape(group.chunks, group.positions).sum(0)
-            kept = np.flatnonzero(mask[: group.positions])
-            order = kept[np.argsort(-score[kept], kind="stable")]
-            unit = block // group.chunks
-            blocks = math.ceil(len(kept) / unit)
-            c = np.minimum(np.arange(blocks + 1) * unit, len(kept))
-            orders.append(order)
-            counts.append(c * group.chunks)
-            values.append(np.concatenate(([0.0], np.cumsum(score[order])))[c])
-            lo.append(min(self.min_keep_blocks, blocks))
-        # costs are only defined where a group keeps channels: reuse the smallest allowed count below it
-        curve_counts = [np.maximum(c, c[m]) for c, m in zip(counts, lo, strict=True)]
-        self._prefetch([lm.curve_points(keep_now, curve_counts) for lm in self.models])
-        curves = [lm.cost_curves(keep_now, curve_counts) for lm in self.models]
         sums_now = [lm.table_sum(keep_now) for lm in self.models]
         capacity = np.array(
             [
@@ -170,8 +153,16 @@ class HALPPruner:
                 for b, lm, s in zip(budgets, self.models, sums_now, strict=True)
             ]
         )
-        costs = [np.stack([c[g] for c in curves]) if len(curves) > 1 else curves[0][g] for g in range(len(counts))]
-        k, predicted, tightenings = self._solve_within(values, costs, counts, lo, capacity, budgets)
+        while True:
+            orders, counts, values, lo = self._choices(importance)
+            # costs are only defined where a group keeps channels: reuse the smallest allowed count below it
+            curve_counts = [np.maximum(c, c[m]) for c, m in zip(counts, lo, strict=True)]
+            self._prefetch([lm.curve_points(keep_now, curve_counts) for lm in self.models])
+            curves = [lm.cost_curves(keep_now, curve_counts) for lm in self.models]
+            costs = [np.stack([c[g] for c in curves]) if len(curves) > 1 else curves[0][g] for g in range(len(counts))]
+            k, predicted, tightenings = self._solve_within(values, costs, counts, lo, capacity, budgets)
+            if all(p <= b for p, b in zip(predicted, budgets, strict=True)) or not self._finer_blocks(k, lo):
+                break
         new_keep = np.array([c[kg] for c, kg in zip(counts, k, strict=True)])
         met = all(p <= b for p, b in zip(predicted, budgets, strict=True))
         if not met:
@@ -198,6 +189,40 @@ class HALPPruner:
         self.history.append(record)
         self.saliency.reset()
         return record
+
+    def _choices(self, importance: list[np.ndarray]):
+        """Per group: channel order by saliency, the counts it may keep, their values, the minimum's index.
+
+        Decisions are made per position (the same channel of every chunk of a
+        grouped conv's group), in blocks of positions.
+        """
+        orders, counts, values, lo = [], [], [], []
+        for group, mask, block in zip(self.graph.groups, self.masks, self.block_sizes, strict=True):
+            score = importance[group.id].reshape(group.chunks, group.positions).sum(0)
+            kept = np.flatnonzero(mask[: group.positions])
+            order = kept[np.argsort(-score[kept], kind="stable")]
+            unit = block // group.chunks
+            blocks = math.ceil(len(kept) / unit)
+            c = np.minimum(np.arange(blocks + 1) * unit, len(kept))
+            orders.append(order)
+            counts.append(c * group.chunks)
+            values.append(np.concatenate(([0.0], np.cumsum(score[order])))[c])
+            lo.append(min(self.min_keep_blocks, blocks))
+        return orders, counts, values, lo
+
+    def _finer_blocks(self, k: np.ndarray, lo: list[int]) -> bool:
+        """Halve the blocks of the groups held at their minimum; False when none can shrink.
+
+        A budget out of reach with the current blocks is often only out of
+        reach of their floor (one 8-channel block of a 16-channel group keeps
+        half of it): finer blocks there lower the floor where it binds.
+        """
+        held = [g for g in self.graph.groups if k[g.id] <= lo[g.id] and self.block_sizes[g.id] // g.chunks > 1]
+        for g in held:
+            self.block_sizes[g.id] = self.block_sizes[g.id] // g.chunks // 2 * g.chunks
+        if held:
+            log.info("budget out of reach: halved the blocks of %d group(s) held at their minimum", len(held))
+        return bool(held)
 
     def _solve_within(self, values, costs, counts, lo, capacity, budgets):
         """Solve, then tighten until the true 2-D table latency meets every budget.

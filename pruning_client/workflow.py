@@ -280,7 +280,7 @@ class Run:
                 + " ms, predicted "
                 + ", ".join(f"{p:.3f}" for p in record.predicted_ms)
                 + f" ms, saliency kept {100 * record.saliency_kept:.1f} %"
-                + ("" if record.met else " (budget out of reach: kept the minimum blocks)")
+                + ("" if record.met else " (budget out of reach even with the finest blocks: kept the minimum)")
             )
             if self.s.measure_steps:
                 thin = self.export(pruner.thinned_copy(), deploy)

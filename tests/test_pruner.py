@@ -66,14 +66,30 @@ def test_unreachable_budget_keeps_the_minimum_and_says_so():
     model = resnet20(10).eval()
     x = torch.randn(1, 3, 32, 32)
     graph = analyse(model, x)
-    # every layer costs cin * cout plus a fixed 5 units: far below 1 % of the total is out of reach
+    # every layer costs cin * cout plus a fixed 5 units: 0.1 % of the total is below the fixed part alone
     tables = LatencyTables(fetch=lambda need: {k: {p: 5.0 + p[0] * p[1] for p in pts} for k, pts in need.items()})
-    pruner = HALPPruner(model, x, LatencyModel(graph, tables), target_ratio=0.01, steps=2, interval=1, block_size=8)
+    pruner = HALPPruner(model, x, LatencyModel(graph, tables), target_ratio=0.001, steps=2, interval=1, block_size=8)
     for _ in range(2):
         record = pruner.prune_now(magnitude_saliency(graph))
     assert not record.met and record.predicted_ms[0] > record.budget_ms[0]
-    assert pruner.keep_counts().tolist() == [8] * len(graph.groups)
+    assert pruner.keep_counts().tolist() == [1] * len(graph.groups)  # blocks halved down to one channel
     assert model(x).shape == (1, 10)  # masked, still runs
+
+
+def test_blocks_get_finer_where_their_floor_keeps_a_budget_out_of_reach():
+    from pruning_client.latency import LatencyTables
+    from pruning_client.saliency import magnitude_saliency
+
+    model = resnet20(10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph = analyse(model, x)
+    tables = LatencyTables(fetch=lambda need: {k: {p: 5.0 + p[0] * p[1] for p in pts} for k, pts in need.items()})
+    latency = LatencyModel(graph, tables)
+    floor = latency.predict(np.full(len(graph.groups), 8)) / latency.predict(graph.sizes)  # one 8-channel block each
+    pruner = HALPPruner(model, x, latency, target_ratio=0.9 * floor, steps=1, interval=1, block_size=8)
+    record = pruner.prune_now(magnitude_saliency(graph))
+    assert record.met and record.predicted_ms[0] <= record.budget_ms[0]
+    assert min(pruner.keep_counts()) < 8 and max(pruner.block_sizes) < 8
 
 
 def test_a_repair_step_right_after_a_step_ranks_by_the_last_saliency():
