@@ -2,7 +2,8 @@
 
 Per seed: ResNet-20 trained on the digits; Taylor saliency over one epoch; three one-shot choices of
 8-channel blocks (the same saliency ranks channels in all three):
-  * halp:    knapsack on latency tables measured by the CPU service, to half the predicted latency;
+  * halp:    knapsack on latency tables measured by the CPU service, to a ratio of the predicted
+             latency (--ratio, half by default);
   * flops:   the same knapsack with FLOPs as costs, its FLOPs budget scanned for the choice predicted
              closest to (not over) HALP's predicted latency;
   * uniform: one keep ratio for every group, scanned the same way.
@@ -32,7 +33,6 @@ from pruning_client.saliency import TaylorSaliency
 from pruning_client.train import TrainConfig, evaluate, train
 
 BLOCK = 8
-RATIO = 0.5
 
 
 def taylor(model, graph, loader) -> list[np.ndarray]:
@@ -72,7 +72,7 @@ def flops_tables() -> LatencyTables:
     )
 
 
-def run_seed(seed: int, target: RemoteTarget, epochs: int, finetune: int) -> dict:
+def run_seed(seed: int, target: RemoteTarget, epochs: int, finetune: int, ratio: float) -> dict:
     torch.manual_seed(seed)
     data = digits(32, 64, seed=seed)
     model = resnet20(10)
@@ -91,7 +91,7 @@ def run_seed(seed: int, target: RemoteTarget, epochs: int, finetune: int) -> dic
     thin = pruned_copy(model, x, graph.first_channels(half))
     latency.calibrate([(graph.sizes, measure(model)), (half, measure(thin))])
 
-    halp_keep = knapsack_choice(model, x, latency, importance, RATIO)
+    halp_keep = knapsack_choice(model, x, latency, importance, ratio)
     goal = latency.predict(halp_keep)
     flops = LatencyModel(graph, flops_tables())
     knobs = np.linspace(0.1, 1.0, 46)
@@ -128,12 +128,17 @@ def run_seed(seed: int, target: RemoteTarget, epochs: int, finetune: int) -> dic
 
 
 def main() -> None:
-    args = parse_args(__doc__)
-    seeds, epochs, finetune = ([0], 2, 1) if args.quick else ([0, 1, 2], 10, 6)
+    def options(parser) -> None:
+        parser.add_argument("--ratio", type=float, default=0.5, help="HALP's target latency ratio")
+        parser.add_argument("--seeds", type=int, default=3, help="seeds (full run)")
+
+    args = parse_args(__doc__, options)
+    seeds, epochs, finetune = ([0], 2, 1) if args.quick else (list(range(args.seeds)), 10, 6)
+    name = "hardware_awareness" + ("" if args.ratio == 0.5 else f"-r{args.ratio:g}")
     with tempfile.TemporaryDirectory() as tmp:
         with local_service(Path(tmp) / "service") as url, ProfilerClient(url, timeout=600) as client:
             target = RemoteTarget(client, TableCache(Path(tmp) / "cache"))
-            runs = [run_seed(s, target, epochs, finetune) for s in seeds]
+            runs = [run_seed(s, target, epochs, finetune, args.ratio) for s in seeds]
     summary = {}
     for method in ("halp", "flops", "uniform"):
         summary[method] = {
@@ -141,9 +146,7 @@ def main() -> None:
                      "std": float(np.std([r[method][metric] for r in runs]))}
             for metric in ("saliency_kept", "measured_ratio", "accuracy")
         }  # fmt: skip
-    write(
-        args.out, "hardware_awareness", {"ratio": RATIO, "block": BLOCK, "runs": runs, "summary": summary}, args.quick
-    )
+    write(args.out, name, {"ratio": args.ratio, "block": BLOCK, "runs": runs, "summary": summary}, args.quick)
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -160,7 +163,7 @@ def main() -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(args.out / f"hardware_awareness{'-quick' if args.quick else ''}.png", dpi=120)
+    fig.savefig(args.out / f"{name}{'-quick' if args.quick else ''}.png", dpi=120)
 
 
 if __name__ == "__main__":
