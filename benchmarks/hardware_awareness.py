@@ -57,11 +57,19 @@ def knapsack_choice(model, x, latency_model, importance, ratio) -> np.ndarray:
 def closest_under(fn, target: float, knobs: np.ndarray) -> np.ndarray:
     """The choice fn(knob) -> (keep, predicted) predicted closest to ``target`` without exceeding it.
 
-    A scan rather than a bisection: a knapsack's choice is not monotone in its budget.
+    A scan rather than a bisection: a knapsack's choice is not monotone in its budget. The
+    coarse scan is refined around its best knob so the baselines land as near HALP as they can.
     """
-    scored = [fn(k) for k in knobs]
-    under = [(p, keep) for keep, p in scored if p <= target]
-    return max(under, key=lambda x: x[0])[1] if under else min(scored, key=lambda x: x[1])[0]
+    step = float(knobs[1] - knobs[0])
+    scored = [(k, *fn(k)) for k in knobs]
+    under = [s for s in scored if s[2] <= target]
+    if under:
+        best_knob = max(under, key=lambda s: s[2])[0]
+        fine = np.linspace(max(best_knob - step, knobs[0]), min(best_knob + step, knobs[-1]), 41)
+        scored += [(k, *fn(k)) for k in fine]
+        under = [s for s in scored if s[2] <= target]
+        return max(under, key=lambda s: s[2])[1]
+    return min(scored, key=lambda s: s[2])[1]
 
 
 def flops_tables() -> LatencyTables:

@@ -10,11 +10,12 @@ import torch
 from profiler_service.timing import TimingPolicy
 from pruning_client.data import digits
 from pruning_client.export import export_onnx
-from pruning_client.graph import analyse, pruned_copy
-from pruning_client.latency import LatencyModel
+from pruning_client.graph import ModelGraph, analyse, pruned_copy
+from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.local import LocalProfiler
-from pruning_client.models import resnet20
+from pruning_client.models import resnet20, resnext50_32x4d
 from pruning_client.pruner import HALPPruner, exponential_budgets
+from pruning_client.saliency import magnitude_saliency
 from pruning_client.train import TrainConfig, evaluate, train
 
 
@@ -59,16 +60,20 @@ def test_halp_prunes_resnet20_on_digits_to_budget_and_keeps_accuracy():
     onnx.checker.check_model(onnx.load_model_from_string(export_onnx(pruned, x)))
 
 
-def test_unreachable_budget_keeps_the_minimum_and_says_so():
-    from pruning_client.latency import LatencyTables
-    from pruning_client.saliency import magnitude_saliency
-
-    model = resnet20(10).eval()
+def synthetic(model: torch.nn.Module) -> tuple[torch.Tensor, ModelGraph, LatencyModel]:
+    """The model analysed at 32x32 with tables in which every layer costs a fixed 5 units plus cin * cout."""
+    model.eval()
     x = torch.randn(1, 3, 32, 32)
     graph = analyse(model, x)
-    # every layer costs cin * cout plus a fixed 5 units: 0.1 % of the total is below the fixed part alone
     tables = LatencyTables(fetch=lambda need: {k: {p: 5.0 + p[0] * p[1] for p in pts} for k, pts in need.items()})
-    pruner = HALPPruner(model, x, LatencyModel(graph, tables), target_ratio=0.001, steps=2, interval=1, block_size=8)
+    return x, graph, LatencyModel(graph, tables)
+
+
+def test_unreachable_budget_keeps_the_minimum_and_says_so():
+    model = resnet20(10)
+    x, graph, latency = synthetic(model)
+    # 0.1 % of the total is below the layers' fixed part alone
+    pruner = HALPPruner(model, x, latency, target_ratio=0.001, steps=2, interval=1, block_size=8)
     for _ in range(2):
         record = pruner.prune_now(magnitude_saliency(graph))
     assert not record.met and record.predicted_ms[0] > record.budget_ms[0]
@@ -77,14 +82,8 @@ def test_unreachable_budget_keeps_the_minimum_and_says_so():
 
 
 def test_blocks_get_finer_where_their_floor_keeps_a_budget_out_of_reach():
-    from pruning_client.latency import LatencyTables
-    from pruning_client.saliency import magnitude_saliency
-
-    model = resnet20(10).eval()
-    x = torch.randn(1, 3, 32, 32)
-    graph = analyse(model, x)
-    tables = LatencyTables(fetch=lambda need: {k: {p: 5.0 + p[0] * p[1] for p in pts} for k, pts in need.items()})
-    latency = LatencyModel(graph, tables)
+    model = resnet20(10)
+    x, graph, latency = synthetic(model)
     floor = latency.predict(np.full(len(graph.groups), 8)) / latency.predict(graph.sizes)  # one 8-channel block each
     pruner = HALPPruner(model, x, latency, target_ratio=0.9 * floor, steps=1, interval=1, block_size=8)
     record = pruner.prune_now(magnitude_saliency(graph))
@@ -93,14 +92,8 @@ def test_blocks_get_finer_where_their_floor_keeps_a_budget_out_of_reach():
 
 
 def test_a_repair_step_right_after_a_step_ranks_by_the_last_saliency():
-    from pruning_client.latency import LatencyTables
-    from pruning_client.saliency import magnitude_saliency
-
-    model = resnet20(10).eval()
-    x = torch.randn(1, 3, 32, 32)
-    graph = analyse(model, x)
-    tables = LatencyTables(fetch=lambda need: {k: {p: 5.0 + p[0] * p[1] for p in pts} for k, pts in need.items()})
-    latency = LatencyModel(graph, tables)
+    model = resnet20(10)
+    x, graph, latency = synthetic(model)
     pruner = HALPPruner(model, x, latency, target_ratio=0.8, steps=1, interval=1, block_size=4)
     pruner.prune_now(magnitude_saliency(graph))
     kept_before = [m.copy() for m in pruner.masks]
@@ -112,18 +105,11 @@ def test_a_repair_step_right_after_a_step_ranks_by_the_last_saliency():
 
 
 def test_resnext_groups_are_pruned_alike_in_every_conv_group():
-    from pruning_client.latency import LatencyTables
-    from pruning_client.models import resnext50_32x4d
-    from pruning_client.saliency import magnitude_saliency
-
     torch.manual_seed(0)
-    model = resnext50_32x4d(10).eval()
-    x = torch.randn(1, 3, 32, 32)
-    graph = analyse(model, x)
+    model = resnext50_32x4d(10)
+    x, graph, latency = synthetic(model)
     grouped = [g for g in graph.groups if g.chunks > 1]
     assert grouped and all(g.chunks == 32 for g in grouped)
-    tables = LatencyTables(fetch=lambda need: {k: {p: 5.0 + p[0] * p[1] for p in pts} for k, pts in need.items()})
-    latency = LatencyModel(graph, tables)
     pruner = HALPPruner(model, x, latency, target_ratio=0.5, steps=2, interval=1, block_size=8)
     assert all(pruner.block_sizes[g.id] == 32 for g in grouped)  # 8 rounds up to one channel per conv group
     for _ in range(2):
