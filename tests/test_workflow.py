@@ -90,3 +90,20 @@ def test_per_target_prunes_one_model_per_target_and_reports_each(make_service, t
         (target,) = json.loads((out / f"target{i}" / "report.json").read_text())["targets"]
         assert target["target"] == service.url
         assert service.url in result.stdout
+
+
+def test_several_targets_get_one_model_that_meets_every_budget(make_service, tmp_path):
+    first, second = make_service("a.db"), make_service("b.db", threads=2)  # two CPU "devices"
+    out = tmp_path / "run"
+    result = halp(
+        "prune", "--model", "resnet20", "--target", first.url, "--target", second.url,
+        "--latency-ratio", "0.6", "--steps", "3", "--epochs", "1", "--pretrain-epochs", "2", "--out", str(out),
+        env=cache_env(tmp_path, "cache"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [t["target"] for t in report["targets"]] == [first.url, second.url]
+    assert len({t["fingerprint"] for t in report["targets"]}) == 2
+    for target in report["targets"]:  # one model.onnx, measured by each target's own service
+        assert target["latency_after_ms"] <= 0.6 * target["latency_before_ms"] * 1.05, target
+    assert not (out / "target0").exists()
