@@ -53,11 +53,11 @@ def distributed() -> Iterator[Context]:
         dist.destroy_process_group()
 
 
-def shard(loader: DataLoader, ctx: Context, train: bool, seed: int = 0) -> DataLoader:
+def shard(loader: DataLoader, ctx: Context, training: bool, seed: int = 0) -> DataLoader:
     """This rank's part of a loader: shuffled shards for training, a disjoint exact split for evaluation."""
     if ctx.world == 1:
         return loader
-    if train:
+    if training:
         sampler = DistributedSampler(loader.dataset, ctx.world, ctx.rank, shuffle=True, seed=seed, drop_last=True)
         return DataLoader(
             loader.dataset, loader.batch_size, sampler=sampler, num_workers=loader.num_workers, drop_last=True
@@ -122,7 +122,7 @@ def finetune(
     start = time.perf_counter()
     torch.manual_seed(0)  # the same start on every rank (DDP also broadcasts rank 0's weights)
     net = wrap(model, ctx)
-    train_loader, val_loader = shard(loaders.train, ctx, train=True), shard(loaders.val, ctx, train=False)
+    train_loader, val_loader = shard(loaders.train, ctx, training=True), shard(loaders.val, ctx, training=False)
 
     def accuracy() -> float:
         # the plain module, not DDP: shards may differ by a batch, and DDP's forward syncs buffers across ranks
