@@ -13,9 +13,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import parse_args, pyplot, write
+from common import parse_args, save_plot, write
 
 from pruning_client.demo import local_service
+from pruning_client.plots import pyplot
 
 
 def main() -> None:
@@ -62,8 +63,7 @@ def main() -> None:
     ax.set_ylabel("measured latency ratio")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(args.out / f"budget{'-quick' if args.quick else ''}.png", dpi=120)
+    save_plot(fig, args.out, "budget", args.quick)
 
 
 if __name__ == "__main__":

@@ -41,18 +41,20 @@ def machine() -> dict:
     }
 
 
+def _path(out: Path, name: str, quick: bool, suffix: str) -> Path:
+    return out / f"{name}{'-quick' if quick else ''}.{suffix}"
+
+
 def write(out: Path, name: str, body: dict, quick: bool) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}{'-quick' if quick else ''}.json"
+    path = _path(out, name, quick, "json")
     path.write_text(json.dumps({"benchmark": name, "quick": quick, "machine": machine(), **body}, indent=2))
     print(f"wrote {path}")
     return path
 
 
-def pyplot():
-    import matplotlib
+def save_plot(fig, out: Path, name: str, quick: bool) -> Path:
+    """The figure beside the JSON of the same run (same name, same -quick suffix)."""
+    from pruning_client.plots import save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return save_figure(fig, _path(out, name, quick, "png"))

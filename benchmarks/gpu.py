@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from common import parse_args, pyplot, write
+from common import parse_args, save_plot, write
 
 from profiler_service.backends import create_backend
 from profiler_service.shapes import parse_shape
@@ -20,6 +20,7 @@ from pruning_client.graph import analyse, pruned_copy
 from pruning_client.latency import LatencyModel
 from pruning_client.local import LocalProfiler
 from pruning_client.models import resnet50
+from pruning_client.plots import pyplot
 
 POLICY = TimingPolicy(warmup_ms=50, max_ms=2000)
 
@@ -121,8 +122,7 @@ def main() -> None:
     ax.set_ylabel("latency / max")
     ax.set_title(f"3x3 conv, 56x56, cin 64, fp16, torch-cuda on {device['accelerator']}")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out / f"gpu{'-quick' if args.quick else ''}.png", dpi=120)
+    save_plot(fig, args.out, "gpu", args.quick)
 
 
 if __name__ == "__main__":

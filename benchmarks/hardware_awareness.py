@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import parse_args, pyplot, write
+from common import parse_args, save_plot, write
 
 from pruning_client.cache import TableCache
 from pruning_client.data import digits
@@ -27,6 +27,7 @@ from pruning_client.export import export_onnx
 from pruning_client.graph import analyse, pruned_copy
 from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.models import resnet20
+from pruning_client.plots import pyplot
 from pruning_client.pruner import HALPPruner
 from pruning_client.remote import ProfilerClient, RemoteTarget
 from pruning_client.saliency import TaylorSaliency
@@ -170,8 +171,7 @@ def main() -> None:
     ax.set_title("accuracy vs measured latency, one point per seed")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out / f"{name}{'-quick' if args.quick else ''}.png", dpi=120)
+    save_plot(fig, args.out, name, args.quick)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ import math
 import time
 
 import numpy as np
-from common import parse_args, pyplot, write
+from common import parse_args, save_plot, write
 
 from pruning_client.knapsack import Infeasible, solve, solve_milp, solve_paper
+from pruning_client.plots import pyplot
 
 RESNET50_CONVS = (
     [64] + [64, 64, 256, 256] + [64, 64, 256] * 2 + [128, 128, 512, 512] + [128, 128, 512] * 3
@@ -190,8 +191,7 @@ def main() -> None:
     ax.set_title("single-target knapsack: solver time against size")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out / f"knapsack{'-quick' if args.quick else ''}.png", dpi=120)
+    save_plot(fig, args.out, "knapsack", args.quick)
 
 
 if __name__ == "__main__":

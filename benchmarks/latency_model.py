@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import parse_args, pyplot, write
+from common import parse_args, save_plot, write
 
 from pruning_client.cache import TableCache
 from pruning_client.demo import local_service
@@ -22,6 +22,7 @@ from pruning_client.export import export_onnx
 from pruning_client.graph import analyse, pruned_copy
 from pruning_client.latency import LatencyModel
 from pruning_client.models import MODELS
+from pruning_client.plots import pyplot
 from pruning_client.remote import ProfilerClient, RemoteTarget
 
 BLOCK = 8
@@ -104,8 +105,7 @@ def main() -> None:
     ax.set_ylabel("predicted a * sum(tables) + b (ms)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(args.out / f"latency_model{'-quick' if args.quick else ''}.png", dpi=120)
+    save_plot(fig, args.out, "latency_model", args.quick)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ MAX_CURVES = 4
 
 def staircase_plot(table: LutTable, path: Path, marked_cout: int | None = None) -> Path:
     """Latency against cout for a few cin, with the p10-p90 band: the staircase of SPEC 1."""
-    plt = _pyplot()
+    plt = pyplot()
 
     cins = sorted({p.cin for p in table.points})
     if len(cins) > MAX_CURVES:  # spread the curves over the range
@@ -31,10 +31,11 @@ def staircase_plot(table: LutTable, path: Path, marked_cout: int | None = None) 
     ax.set_title(f"{table.shape}\n{table.backend} {table.fingerprint}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,18 +44,18 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def latency_steps_plot(report: dict, path: Path) -> Path:
     """Predicted and measured latency at each pruning step, per target, against the budgets."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     steps = [h["step"] for h in report["history"]]
     for t, target in enumerate(report["targets"]):
@@ -71,12 +72,12 @@ def latency_steps_plot(report: dict, path: Path) -> Path:
     ax.set_ylabel("latency (ms)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def channels_plot(report: dict, path: Path) -> Path:
     """Output channels of every layer before and after pruning."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(report["channels"])
     before = [report["channels"][n]["before"][1] for n in names]
     after = [report["channels"][n]["after"][1] for n in names]
@@ -87,12 +88,12 @@ def channels_plot(report: dict, path: Path) -> Path:
     ax.set_xticks(list(xs), names, rotation=90, fontsize=6)
     ax.set_ylabel("output channels")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def chosen_staircase_plot(staircase: dict, path: Path) -> Path:
     """One layer's measured latency against cout at its final cin, with the count HALP kept."""
-    plt = _pyplot()
+    plt = pyplot()
     xs, ys = zip(*staircase["points"], strict=True)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.step(xs, ys, where="mid")
@@ -102,4 +103,4 @@ def chosen_staircase_plot(staircase: dict, path: Path) -> Path:
     ax.set_title(staircase["shape"], fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
