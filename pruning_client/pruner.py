@@ -161,10 +161,10 @@ class HALPPruner:
             curves = [lm.cost_curves(keep_now, curve_counts) for lm in self.models]
             costs = [np.stack([c[g] for c in curves]) if len(curves) > 1 else curves[0][g] for g in range(len(counts))]
             k, predicted, tightenings = self._solve_within(values, costs, counts, lo, capacity, budgets)
-            if all(p <= b for p, b in zip(predicted, budgets, strict=True)) or not self._finer_blocks(k, lo):
+            met = all(p <= b for p, b in zip(predicted, budgets, strict=True))
+            if met or not self._finer_blocks(k, lo):
                 break
         new_keep = np.array([c[kg] for c, kg in zip(counts, k, strict=True)])
-        met = all(p <= b for p, b in zip(predicted, budgets, strict=True))
         if not met:
             log.warning(
                 "step %d: budget %s ms is out of reach keeping %d block(s) per group; kept the minimum (%s ms)",
