@@ -9,8 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from profiler_service import store
-from profiler_service.backends import Backend, create_backend
-from profiler_service.db import make_engine, migrate, session_factory
+from profiler_service.db import open_store, session_factory
 from profiler_service.errors import install_error_handlers
 from profiler_service.jobs import JobManager
 from profiler_service.measurer import Measurer
@@ -21,6 +20,7 @@ from profiler_service.settings import Settings
 from profiler_service.state import ServiceState
 from profiler_service.tables import TableReader
 from profiler_service.timing import TimingPolicy
+from profiler_service.worker import Worker, WorkerConfig
 
 log = logging.getLogger("halp.service")
 API_VERSION = "1"
@@ -51,39 +51,54 @@ class _RequestMetrics:
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
 
 
-def create_app(settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:
-    """The service for one device; ``backend`` may be built by the caller to fail early."""
+def start_worker(settings: Settings) -> Worker:
+    """The measurement worker of this service; raises BackendUnavailable if its backend cannot run."""
+    policy = TimingPolicy(max_ms=settings.timing_max_ms, rel_tol=settings.timing_rel_tol)
+    config = WorkerConfig(
+        settings.backend, settings.threads, str(settings.cache_dir), settings.worker_memory_mb * 2**20, policy
+    )
+    worker = Worker(config)
+    worker.start()
+    return worker
+
+
+def create_app(settings: Settings | None = None, worker: Worker | None = None) -> FastAPI:
+    """The service for one device; the caller may open the worker first to fail before serving."""
     settings = settings or Settings()
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.db_url)
-        migrate(engine)
+        nonlocal worker
+        engine = open_store(settings.db_url)
         sessions = session_factory(engine)
-        nonlocal backend
-        backend = backend or create_backend(settings.backend, settings.threads, settings.cache_dir)
-        info = DeviceInfo(**backend.device_json())
+        worker = worker or start_worker(settings)
+        assert worker.device is not None
+        info = DeviceInfo(**worker.device)
         with sessions.begin() as session:
             device_id = store.ensure_device(session, info.fingerprint, info.backend, info.model_dump())
-        policy = TimingPolicy(max_ms=settings.timing_max_ms, rel_tol=settings.timing_rel_tol)
-        measurer = Measurer(backend, policy, metrics)
+        measurer = Measurer(worker, metrics, settings.point_deadline_s, settings.measure_wait_s)
         tables = TableReader(sessions, device_id, info)
-        manager = JobManager(sessions, measurer, device_id, metrics, on_point=tables.invalidate)
-        app.state.halp = ServiceState(settings, sessions, backend, info, device_id, measurer, manager, metrics, tables)
+        manager = JobManager(
+            sessions, measurer, device_id, metrics, on_point=tables.invalidate,
+            deadline_s=settings.job_deadline_s, max_active=settings.max_active_jobs,
+        )  # fmt: skip
+        app.state.halp = ServiceState(
+            settings, sessions, info, worker.gpu, device_id, measurer, manager, metrics, tables
+        )
         manager.start()
         log.info("profiler ready: backend %s on %s, fingerprint %s", info.backend, info.accelerator, info.fingerprint)
         try:
             yield
         finally:
             manager.stop()
-            backend.close()
+            worker.close()
             engine.dispose()
 
     app = FastAPI(
         title="HALP profiler service",
         version=API_VERSION,
-        description="Measures layer latency tables on this device (SPEC 4).",
+        description="Measures layer latency tables on this device.",
         lifespan=lifespan,
     )
     app.state.halp_settings = settings

@@ -19,6 +19,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -123,6 +124,24 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+class StoreUnavailable(RuntimeError):
+    """The table store cannot be opened for writing (read-only file or folder, bad path, corrupt file)."""
+
+
+def open_store(url: str) -> Engine:
+    """Open, migrate and write-probe the store, so a service that cannot record points never starts."""
+    try:
+        engine = make_engine(url)
+        migrate(engine)
+        with engine.connect() as connection:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")  # takes the write lock: fails on a read-only store
+            connection.exec_driver_sql("ROLLBACK")
+    except (OSError, SQLAlchemyError) as e:
+        reason = getattr(e, "orig", None) or e
+        raise StoreUnavailable(f"cannot open the table store {url} for writing: {reason}") from None
+    return engine
 
 
 def session_factory(engine: Engine) -> sessionmaker:

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from profiler_service.backends import UnsupportedModel
+from profiler_service.backends import BackendUnavailable, UnsupportedModel
 from profiler_service.shapes import InvalidLayerShape, InvalidPoint
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,31 @@ class UploadTooLarge(ValueError):
     """An upload over the configured size limit."""
 
 
-def problem(status: int, title: str, detail: str | None = None, **extra: object) -> JSONResponse:
+class Conflict(ValueError):
+    """A request that the resource's state forbids (cancelling a finished job)."""
+
+
+class DeviceBusy(RuntimeError):
+    """The device's queue is past its bound; the client should come back later."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class MeasurementFailed(RuntimeError):
+    """A build or timing failed inside the measurement worker, or crashed it."""
+
+
+class Interrupted(RuntimeError):
+    """A measurement stopped from outside: a cancelled job or a shutting-down service."""
+
+
+def problem(
+    status: int, title: str, detail: str | None = None, headers: dict[str, str] | None = None, **extra: object
+) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {**({"WWW-Authenticate": "Bearer"} if status == 401 else {}), **(headers or {})}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -51,6 +73,10 @@ _MAPPING: list[tuple[type[Exception], int, str]] = [
     (NotFound, 404, "Not found"),
     (Unauthorized, 401, "Unauthorized"),
     (UploadTooLarge, 413, "Upload too large"),
+    (Conflict, 409, "Conflict"),
+    (MeasurementFailed, 422, "Measurement failed"),
+    (Interrupted, 503, "Measurement interrupted"),
+    (BackendUnavailable, 503, "Device unavailable"),
 ]
 
 
@@ -63,6 +89,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
         app.add_exception_handler(exc_type, handler)
 
+    @app.exception_handler(DeviceBusy)
+    def _busy(_: Request, exc: DeviceBusy) -> JSONResponse:
+        return problem(503, "Device busy", str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+
     @app.exception_handler(RequestValidationError)
     def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
@@ -70,7 +100,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), None)
+        return problem(exc.status_code, str(exc.detail), None, headers=exc.headers)  # 405 keeps its Allow
 
     @app.exception_handler(Exception)
     def _unexpected(_: Request, exc: Exception) -> JSONResponse:

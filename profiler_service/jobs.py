@@ -1,11 +1,14 @@
-"""Measurement jobs: a queue and one worker thread that fills missing table points.
+"""Measurement jobs: a queue and one thread that fills missing table points through the worker.
 
 Every point is committed in its own transaction, so a crash loses at most the
-point in flight; jobs left queued or running are picked up again on start.
+point in flight; jobs left queued or running are picked up again on start,
+unless their deadline passed meanwhile (a job that keeps crashing the service
+is not retried forever). A job can be cancelled while queued or running.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import queue
 import threading
@@ -15,6 +18,8 @@ from dataclasses import dataclass
 from sqlalchemy.orm import sessionmaker
 
 from profiler_service import store
+from profiler_service.db import utcnow
+from profiler_service.errors import Conflict, DeviceBusy, Interrupted
 from profiler_service.measurer import Measurer
 from profiler_service.metrics import Metrics
 from profiler_service.schemas import JobStatus
@@ -42,8 +47,14 @@ class JobManager:
         device_id: int,
         metrics: Metrics,
         on_point: Callable[[str], None] = lambda shape_key: None,
+        deadline_s: float = 12 * 3600.0,
+        max_active: int = 256,
     ) -> None:
         self._sessions = sessions
+        self._deadline = dt.timedelta(seconds=deadline_s)
+        self._max_active = max_active
+        self._cancelled: set[str] = set()
+        self._current: str | None = None  # the job whose point is in the worker now
         self._on_point = on_point  # told after each commit, so readers drop cached tables
         self._measurer = measurer
         self._device_id = device_id
@@ -61,11 +72,26 @@ class JobManager:
             self._enqueue(job_id)
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish the point in flight, then stop; unfinished jobs resume on the next start."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """Abort the point in flight and stop; unfinished jobs resume on the next start."""
         self._stop.set()
         self._queue.put(None)
+        self._measurer.interrupt("the service is shutting down")
         self._thread.join(timeout)
+
+    def cancel(self, job_id: str) -> JobStatus | None:
+        """Cancel a queued or running job; the point in flight, if it is this job's, is aborted."""
+        with self._sessions.begin() as session:
+            job = store.get_job(session, job_id)
+            if job is None:
+                return None
+            if not store.finish_job(session, job_id, "cancelled", "cancelled by DELETE /jobs/{id}"):
+                raise Conflict(f"job {job_id} is already {job.state}; only queued or running jobs can be cancelled")
+        self._cancelled.add(job_id)
+        if self._current == job_id:
+            self._measurer.interrupt("job cancelled")
+        log.info("job %s cancelled", job_id)
+        return self.status(job_id)
 
     def submit(self, shape: LayerShape, pairs: list[tuple[int, int]]) -> Submitted:
         key = shape.key
@@ -78,6 +104,11 @@ class JobManager:
                 req = store.request_key(key, pairs)
                 job = store.active_job(session, self._device_id, req)
                 created = job is None
+                if job is None and store.active_count(session, self._device_id) >= self._max_active:
+                    raise DeviceBusy(
+                        f"{self._max_active} jobs are queued or running (HALP_MAX_ACTIVE_JOBS); try again later",
+                        retry_after_s=30,
+                    )
                 if job is None:
                     job = store.create_job(session, self._device_id, shape_id, req, missing)
                     session.flush()
@@ -105,42 +136,56 @@ class JobManager:
                 return
             try:
                 self._run(job_id)
-            except Exception:  # the worker must survive anything one job does
+            except Exception:  # the thread must survive anything one job does
                 log.exception("job %s crashed", job_id)
-                with self._sessions.begin() as session:
-                    store.set_job(session, job_id, state="failed", error="internal error; see service log")
-                self._metrics.jobs_failed.inc()
+                self._fail(job_id, "internal error; see service log")
             finally:
+                self._current = None
                 self._metrics.queue_depth.dec()
+
+    def _fail(self, job_id: str, error: str) -> None:
+        with self._sessions.begin() as session:
+            if store.finish_job(session, job_id, "failed", error):
+                self._metrics.jobs_failed.inc()
+
+    def _overdue(self, created_at: dt.datetime) -> bool:
+        return utcnow() - created_at > self._deadline
 
     def _run(self, job_id: str) -> None:
         with self._sessions.begin() as session:
             job = store.get_job(session, job_id)
-            if job is None or job.state not in store.ACTIVE_STATES:
+            if job is None or job.state not in store.ACTIVE_STATES or job_id in self._cancelled:
+                return
+            if self._overdue(job.created_at):
+                store.finish_job(session, job_id, "failed", self._deadline_text())
+                self._metrics.jobs_failed.inc()
                 return
             store.set_job(session, job_id, state="running")
-            shape_id, pairs = job.shape_id, [tuple(p) for p in job.points]
+            shape_id, pairs, created_at = job.shape_id, [tuple(p) for p in job.points], job.created_at
             shape = parse_shape(store.shape_key_of(session, shape_id))
         with self._sessions() as session:
             stored = store.stored_pairs(session, self._device_id, shape_id)
-        done = 0
-        for cin, cout in pairs:
-            if self._stop.is_set():
-                return  # left "running": resumed on the next start
+        self._current = job_id
+        for done, (cin, cout) in enumerate(pairs, start=1):
+            if self._stop.is_set() or job_id in self._cancelled:
+                return  # a stopped service leaves it "running": resumed on the next start
+            if self._overdue(created_at):
+                return self._fail(job_id, self._deadline_text())
             if (cin, cout) not in stored:
                 try:
                     stats = self._measurer.layer(shape, cin, cout)
-                except Exception as exc:  # build/run failures are the job's result, not a crash
+                except Interrupted:
+                    return  # cancelled or shutting down; the state is already what it should be
+                except Exception as exc:  # build/run failures and limits are the job's result, not a crash
                     log.warning("job %s failed at (%d, %d): %s", job_id, cin, cout, exc)
-                    with self._sessions.begin() as session:
-                        store.set_job(session, job_id, state="failed", error=f"point ({cin}, {cout}): {exc}"[:2000])
-                    self._metrics.jobs_failed.inc()
-                    return
-            done += 1
+                    return self._fail(job_id, f"point ({cin}, {cout}): {exc}")
             with self._sessions.begin() as session:
                 if (cin, cout) not in stored:
                     store.add_point(session, self._device_id, shape_id, cin, cout, stats)
                 store.set_job(session, job_id, done=done)
             self._on_point(shape.key)
         with self._sessions.begin() as session:
-            store.set_job(session, job_id, state="done")
+            store.finish_job(session, job_id, "done")
+
+    def _deadline_text(self) -> str:
+        return f"unfinished {self._deadline.total_seconds():g} s after submission (HALP_JOB_DEADLINE_S)"

@@ -9,16 +9,23 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-from profiler_service.shapes import MAX_CHANNELS
+from profiler_service.shapes import MAX_CHANNELS, MAX_POINTS_PER_REQUEST
 
-JobState = Literal["queued", "running", "done", "failed"]
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+FINISHED_STATES: tuple[JobState, ...] = ("done", "failed", "cancelled")
+FIRST_INPUT = ""
+"""Key of an input shape given without a name (``1x3x224x224``): the model's only input."""
 CHANNELS_SYNTAX = "comma list and/or ranges: 8,16,32 or 8..128 or 8..128:8 (step)"
 
 
 def parse_channels(text: str) -> list[int]:
-    """Parse a channel selection such as ``8,16`` or ``8..128:8`` into sorted unique counts."""
+    """Parse a channel selection such as ``8,16`` or ``8..128:8`` into sorted unique counts.
+
+    Bounds are checked on the numbers before any range is expanded, so a
+    selection costs at most ``MAX_CHANNELS`` integers whatever it says.
+    """
     values: set[int] = set()
     for part in (p.strip() for p in text.split(",")):
         if not part:
@@ -30,13 +37,14 @@ def parse_channels(text: str) -> list[int]:
                 stride = int(step) if step else 1
                 if stride < 1 or lo > hi:
                     raise ValueError
-                values.update(range(lo, hi + 1, stride))
             else:
-                values.add(int(part))
+                lo = hi = int(part)
+                stride = 1
         except ValueError:
             raise ValueError(f"bad channel selection {part!r}; use {CHANNELS_SYNTAX}") from None
-        if any(not 1 <= v <= MAX_CHANNELS for v in (min(values), max(values))):
-            raise ValueError(f"channel counts must lie in 1..{MAX_CHANNELS}")
+        if not (1 <= lo and hi <= MAX_CHANNELS):
+            raise ValueError(f"channel counts must lie in 1..{MAX_CHANNELS}, got {part!r}")
+        values.update(range(lo, hi + 1, stride))
     if not values:
         raise ValueError(f"empty channel selection; use {CHANNELS_SYNTAX}")
     return sorted(values)
@@ -65,9 +73,10 @@ class LutRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cin: list[int] | None = Field(None, min_length=1, max_length=MAX_CHANNELS)
-    cout: list[int] | None = Field(None, min_length=1, max_length=MAX_CHANNELS)
-    points: list[tuple[int, int]] | None = Field(None, min_length=1, max_length=100_000)
+    # Strict: a boolean or a string in a channel list is a mistake, not a count.
+    cin: list[StrictInt] | None = Field(None, min_length=1, max_length=MAX_CHANNELS)
+    cout: list[StrictInt] | None = Field(None, min_length=1, max_length=MAX_CHANNELS)
+    points: list[tuple[StrictInt, StrictInt]] | None = Field(None, min_length=1, max_length=MAX_POINTS_PER_REQUEST)
 
     @model_validator(mode="after")
     def _one_form(self) -> LutRequest:
@@ -78,13 +87,19 @@ class LutRequest(BaseModel):
             raise ValueError("a grid needs non-empty cin and cout lists")
         return self
 
-    def expand(self) -> list[tuple[int, int]]:
+    def size(self) -> int:
+        """Points the request names, computed without building them (a grid is len(cin) * len(cout))."""
         if self.points is not None:
-            pairs = {(int(a), int(b)) for a, b in self.points}
-        else:
-            assert self.cin is not None and self.cout is not None
-            pairs = {(a, b) for a in self.cin for b in self.cout}
-        return sorted(pairs)
+            return len(self.points)
+        assert self.cin is not None and self.cout is not None
+        return len(set(self.cin)) * len(set(self.cout))
+
+    def expand(self) -> list[tuple[int, int]]:
+        """The requested pairs; callers check ``size()`` against their limit first."""
+        if self.points is not None:
+            return sorted(set(self.points))
+        assert self.cin is not None and self.cout is not None
+        return sorted({(a, b) for a in set(self.cin) for b in set(self.cout)})
 
 
 class JobStatus(BaseModel):

@@ -119,5 +119,19 @@ def set_job(session: Session, job_id: str, **values: object) -> None:
     session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow(), **values))
 
 
+def finish_job(session: Session, job_id: str, state: str, error: str | None = None) -> bool:
+    """Move an active job to a final state; a job already finished (cancelled, say) stays as it is."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_(ACTIVE_STATES))
+        .values(state=state, error=error[:2000] if error else None, updated_at=utcnow())
+    )
+    return result.rowcount > 0
+
+
+def active_count(session: Session, device_id: int) -> int:
+    return session.scalar(select(func.count(Job.id)).where(Job.device_id == device_id, Job.state.in_(ACTIVE_STATES)))
+
+
 def shape_key_of(session: Session, shape: int) -> str:
     return session.scalars(select(Shape.key).where(Shape.id == shape)).one()

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import sessionmaker
 
 from profiler_service import store
-from profiler_service.errors import NotFound, OverLimit
-from profiler_service.schemas import DeviceInfo, LutPoint, LutTable
+from profiler_service.errors import InvalidInput, NotFound, OverLimit
+from profiler_service.schemas import DeviceInfo, LutPoint, LutRequest, LutSummary, LutTable
+from profiler_service.settings import Settings
 from profiler_service.shapes import MAX_POINTS_PER_REQUEST, LayerShape
-
-if TYPE_CHECKING:
-    from profiler_service.state import ServiceState
+from profiler_service.timing import MIN_TIMED_RUNS
 
 
 class TableReader:
@@ -56,6 +54,10 @@ class TableReader:
                 self._cache.popitem(last=False)
         return data
 
+    def summaries(self) -> list[LutSummary]:
+        with self._sessions() as session:
+            return [LutSummary(shape=k, points=n) for k, n in store.shape_counts(session, self._device_id)]
+
     def read(self, shape: LayerShape, cin: list[int] | None = None, cout: list[int] | None = None) -> LutTable:
         cin_set, cout_set = (set(cin) if cin else None), (set(cout) if cout else None)
         with self._sessions() as session:
@@ -81,23 +83,50 @@ class TableReader:
         )
 
 
-def check_request(svc: ServiceState, shape: LayerShape, pairs: list[tuple[int, int]]) -> None:
-    """Enforce SPEC 3: point count, valid channels, and tensors that fit the memory budget."""
-    if len(pairs) > MAX_POINTS_PER_REQUEST:
-        raise OverLimit(f"{len(pairs)} points requested; at most {MAX_POINTS_PER_REQUEST} per request")
-    if shape.dtype not in svc.device.precisions:
+def requested_pairs(shape: LayerShape, body: LutRequest) -> list[tuple[int, int]]:
+    """The points a POST /lut names, counted before they are built (a grid is its size, not its list)."""
+    depthwise_grid = shape.depthwise and body.points is None
+    if depthwise_grid:  # one channel axis: a grid means its diagonal
+        assert body.cin is not None and body.cout is not None
+        count = len(set(body.cin) & set(body.cout))
+        if not count:
+            raise InvalidInput("a depthwise grid needs counts common to cin and cout (cin == cout)")
+    else:
+        count = body.size()
+    if count > MAX_POINTS_PER_REQUEST:
+        raise OverLimit(f"{count} points requested; at most {MAX_POINTS_PER_REQUEST} per request")
+    if depthwise_grid:
+        return sorted((c, c) for c in set(body.cin or ()) & set(body.cout or ()))
+    return body.expand()
+
+
+def check_request(
+    shape: LayerShape, pairs: list[tuple[int, int]], device: DeviceInfo, settings: Settings, gpu: bool
+) -> None:
+    """Enforce SPEC 3 and this device's limits: dtype, valid channels, memory and cost of the largest point."""
+    if shape.dtype not in device.precisions:
         raise OverLimit(
-            f"{shape.dtype} is not supported by backend {svc.device.backend} here "
-            f"(supported: {', '.join(svc.device.precisions)})"
+            f"{shape.dtype} is not supported by backend {device.backend} here "
+            f"(supported: {', '.join(device.precisions)})"
         )
     for cin, cout in pairs:
         shape.check_point(cin, cout)
-    budget = int(svc.device.memory_bytes * svc.settings.memory_fraction)
-    if budget:
-        worst = max(pairs, key=lambda p: shape.tensor_bytes(*p))
-        need = shape.tensor_bytes(*worst)
-        if need > budget:
-            raise OverLimit(
-                f"point {worst} needs {need / 2**20:.0f} MiB of tensors; the device budget is "
-                f"{budget / 2**20:.0f} MiB (HALP_MEMORY_FRACTION)"
-            )
+    budgets = [settings.worker_memory_mb * 2**20]
+    if device.memory_bytes:
+        budgets.append(int(device.memory_bytes * settings.memory_fraction))
+    budget = min(budgets)
+    worst = max(pairs, key=lambda p: shape.tensor_bytes(*p))
+    need = shape.tensor_bytes(*worst)
+    if need > budget:
+        raise OverLimit(
+            f"point {worst} needs {need / 2**20:,.0f} MiB of tensors; the budget is {budget / 2**20:,.0f} MiB "
+            "(HALP_MEMORY_FRACTION of the device, HALP_WORKER_MEMORY_MB)"
+        )
+    cap = settings.point_cost_cap(gpu)
+    worst = max(pairs, key=lambda p: shape.macs(*p))
+    cost = shape.macs(*worst) * MIN_TIMED_RUNS
+    if cost > cap:
+        raise OverLimit(
+            f"point {worst} costs {cost / 1e9:,.0f} GMAC over the {MIN_TIMED_RUNS} runs a measurement needs; "
+            f"the cap is {cap / 1e9:,.0f} GMAC (HALP_MAX_POINT_GMACS)"
+        )

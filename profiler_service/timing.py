@@ -29,6 +29,10 @@ class TimingPolicy:
     max_ms: float = 3000.0  # wall-time cap of one measurement, warm-up excluded
 
 
+MIN_TIMED_RUNS = TimingPolicy().min_warmup_runs + TimingPolicy().round_size
+"""Runs of the network that any measurement makes, however slow each run is (the cost of a point)."""
+
+
 @dataclass(frozen=True, slots=True)
 class LatencyStats:
     median_ms: float

@@ -49,25 +49,33 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
-    from profiler_service.app import create_app
-    from profiler_service.backends import BackendUnavailable, create_backend
+    from profiler_service.app import create_app, start_worker
+    from profiler_service.backends import BackendUnavailable
+    from profiler_service.db import StoreUnavailable, open_store
     from profiler_service.settings import Settings
 
     overrides = {"backend": backend, "db": db, "host": host, "port": port, "threads": threads}
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-        built = create_backend(settings.backend, settings.threads, settings.cache_dir)
+        open_store(settings.db_url).dispose()  # a read-only store is one line here, not a traceback later
+        worker = start_worker(settings)
     except ValidationError as e:
         raise _fail(f"bad setting: {e}") from None
-    except BackendUnavailable as e:
+    except (BackendUnavailable, StoreUnavailable) as e:
         raise _fail(str(e)) from None
     url = f"http://{settings.host}:{settings.port}"
     console.print(
-        f"HALP profiler: backend [bold]{built.name}[/], store {settings.db_url}\n"
+        f"HALP profiler: backend [bold]{worker.device['backend']}[/], store {settings.db_url}\n"
         f"  try: curl {url}/device   |   halp lut conv2d-k3x3-s1x1-p1x1-d1x1-g1-h28w28-b1-fp32 "
         f"--target {url} --cin 64 --cout 8..128:8   |   docs: {url}/docs"
     )
-    uvicorn.run(create_app(settings, built), host=settings.host, port=settings.port, log_level=log_level)
+    try:
+        uvicorn.run(
+            create_app(settings, worker), host=settings.host, port=settings.port, log_level=log_level,
+            timeout_graceful_shutdown=3,  # SIGTERM: in-flight requests get 3 s, then the worker is killed
+        )  # fmt: skip
+    finally:
+        worker.close()
 
 
 def _print_table(table: LutTable) -> None:

@@ -79,6 +79,7 @@ def host_memory_bytes() -> int:
 
 class Backend(ABC):
     name: str
+    gpu: bool = False  # decides the worker's memory guard and the default cost cap
 
     @abstractmethod
     def describe(self) -> DeviceDescription: ...

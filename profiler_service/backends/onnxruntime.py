@@ -78,6 +78,7 @@ class OnnxRuntimeBackend(Backend):
         gpu_providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
         self._providers = [*gpu_providers, "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
         self._device = "cuda" if gpu else "cpu"
+        self.gpu = gpu
         self.threads = None if gpu else (threads or os.cpu_count() or 1)
 
     def describe(self) -> DeviceDescription:

@@ -111,6 +111,7 @@ class _EngineRunner:
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    gpu = True
 
     def __init__(self, cache_dir: Path, device_index: int = 0) -> None:
         try:

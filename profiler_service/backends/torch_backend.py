@@ -128,6 +128,7 @@ class _CudaGraphRunner:
 
 class TorchCudaBackend(Backend):
     name = "torch-cuda"
+    gpu = True
 
     def __init__(self, device_index: int = 0) -> None:
         try:

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from profiler_service.auth import require_read, require_write
 from profiler_service.errors import NotFound
 from profiler_service.schemas import JobStatus
-from profiler_service.state import ServiceState, require_read, service
+from profiler_service.state import ServiceState, service
 
 router = APIRouter(tags=["jobs"])
 
@@ -12,6 +13,20 @@ router = APIRouter(tags=["jobs"])
 @router.get("/jobs/{job_id}", response_model=JobStatus, dependencies=[Depends(require_read)])
 def get_job(job_id: str, svc: ServiceState = Depends(service)) -> JobStatus:
     status = svc.jobs.status(job_id)
+    if status is None:
+        raise NotFound(f"no job {job_id}")
+    return status
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=JobStatus,
+    responses={409: {"description": "the job already finished"}},
+    dependencies=[Depends(require_write)],
+)
+def cancel_job(job_id: str, svc: ServiceState = Depends(service)) -> JobStatus:
+    """Cancel a queued or running job; a point being measured for it is aborted."""
+    status = svc.jobs.cancel(job_id)
     if status is None:
         raise NotFound(f"no job {job_id}")
     return status

@@ -4,12 +4,12 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from profiler_service import store
+from profiler_service.auth import require_read, require_write
 from profiler_service.errors import InvalidInput
 from profiler_service.schemas import CHANNELS_SYNTAX, JobStatus, LutRequest, LutSummary, LutTable, parse_channels
 from profiler_service.shapes import parse_shape
-from profiler_service.state import ServiceState, require_read, require_write, service
-from profiler_service.tables import check_request
+from profiler_service.state import ServiceState, service
+from profiler_service.tables import check_request, requested_pairs
 
 router = APIRouter(tags=["tables"])
 
@@ -47,15 +47,8 @@ async def get_lut(
 def post_lut(shape: str, body: LutRequest, response: Response, svc: ServiceState = Depends(service)):
     """Measure the points not yet stored; 200 with the table when nothing is missing."""
     layer = parse_shape(shape)
-    if layer.depthwise and body.points is None:
-        # Depthwise layers have one channel axis: a grid means its diagonal.
-        assert body.cin is not None and body.cout is not None
-        pairs = sorted((c, c) for c in set(body.cin) & set(body.cout))
-        if not pairs:
-            raise InvalidInput("a depthwise grid needs counts common to cin and cout (cin == cout)")
-    else:
-        pairs = body.expand()
-    check_request(svc, layer, pairs)
+    pairs = requested_pairs(layer, body)
+    check_request(layer, pairs, svc.device, svc.settings, svc.gpu)
     submitted = svc.jobs.submit(layer, pairs)
     if submitted.job is None:
         return svc.tables.read(layer, sorted({c for c, _ in pairs}), sorted({c for _, c in pairs}))
@@ -65,5 +58,4 @@ def post_lut(shape: str, body: LutRequest, response: Response, svc: ServiceState
 @router.get("/luts", response_model=list[LutSummary], dependencies=[Depends(require_read)])
 def list_luts(svc: ServiceState = Depends(service)) -> list[LutSummary]:
     """Shapes with measured points on this device."""
-    with svc.sessions() as session:
-        return [LutSummary(shape=k, points=n) for k, n in store.shape_counts(session, svc.device_id)]
+    return svc.tables.summaries()

@@ -1,50 +1,127 @@
+"""POST /measure: whole-model latency of an uploaded ONNX model, timed in the worker.
+
+The multipart body is parsed here by hand, after the token check: FastAPI reads
+declared ``File``/``Form`` parameters before any dependency runs, which would
+let an unauthenticated client make the service read 256 MiB. The body is
+streamed to a temporary file under the size limit and handed to the worker by
+path; the server process never parses the model.
+"""
+
 from __future__ import annotations
 
 import json
+import math
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
+from profiler_service.auth import require_write
 from profiler_service.errors import InvalidInput, UploadTooLarge
-from profiler_service.schemas import MeasureResult
-from profiler_service.state import ServiceState, require_write, service
+from profiler_service.schemas import FIRST_INPUT, MeasureResult
+from profiler_service.state import ServiceState, service
 
 router = APIRouter(tags=["measure"])
 SHAPE_HELP = 'dims joined by x for a one-input model ("1x3x224x224"), or JSON {"input": [1, 3, 224, 224]}'
+MAX_DIM = 1 << 20
+
+_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["model"],
+                "properties": {
+                    "model": {"type": "string", "format": "binary", "description": "ONNX model"},
+                    "input_shape": {"type": "string", "description": SHAPE_HELP},
+                },
+            }
+        }
+    },
+}
 
 
-def parse_input_shapes(text: str | None, first_input: str = "") -> dict[str, list[int]] | None:
+def parse_input_shapes(text: str | None, max_elements: int) -> dict[str, list[int]] | None:
+    """Input shapes by name (``FIRST_INPUT`` for the unnamed form), each dim and each input size capped."""
     if not text:
         return None
     try:
         if text.lstrip().startswith("{"):
             raw = json.loads(text)
-            shapes = {str(k): [int(d) for d in v] for k, v in raw.items()}
+            shapes = {str(k): [_dim(d) for d in v] for k, v in raw.items()}
         else:
-            shapes = {first_input: [int(d) for d in text.lower().split("x")]}
+            shapes = {FIRST_INPUT: [_dim(d) for d in text.lower().split("x")]}
     except (ValueError, TypeError, AttributeError):
-        raise InvalidInput(f"bad input_shape {text!r}: {SHAPE_HELP}") from None
-    if any(d < 1 or d > 1 << 20 for dims in shapes.values() for d in dims):
-        raise InvalidInput(f"bad input_shape {text!r}: dimensions must be positive")
+        raise InvalidInput(f"bad input_shape {text[:200]!r}: {SHAPE_HELP}") from None
+    for name, dims in shapes.items():
+        if not dims or any(not 1 <= d <= MAX_DIM for d in dims):
+            raise InvalidInput(f"bad input_shape {text[:200]!r}: dimensions must lie in 1..{MAX_DIM}")
+        if math.prod(dims) > max_elements:
+            raise InvalidInput(
+                f"input {name or 'of the model'} {dims} has {math.prod(dims):,} elements; "
+                f"at most {max_elements:,} (HALP_MAX_INPUT_ELEMENTS)"
+            )
     return shapes
 
 
-def _read_limited(upload: UploadFile, limit: int) -> bytes:
-    data = upload.file.read(limit + 1)
-    if len(data) > limit:
-        raise UploadTooLarge(f"model over {limit} bytes (HALP_MAX_UPLOAD_BYTES)")
-    return data
+def _dim(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(value)
+    return int(value)
 
 
-@router.post("/measure", response_model=MeasureResult, dependencies=[Depends(require_write)])
-def measure_model(
-    model: UploadFile = File(..., description="ONNX model"),
-    input_shape: str | None = Form(None, description=SHAPE_HELP),
-    svc: ServiceState = Depends(service),
-) -> MeasureResult:
+async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in stream:
+        seen += len(chunk)
+        if seen > limit:
+            raise UploadTooLarge(f"request body over {limit} bytes (HALP_MAX_UPLOAD_BYTES)")
+        yield chunk
+
+
+async def _receive_upload(request: Request, limit: int) -> tuple[Path, str | None]:
+    """The model, spooled to a temporary file the caller deletes, and the input_shape field."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise UploadTooLarge(f"request body of {length} bytes; at most {limit} (HALP_MAX_UPLOAD_BYTES)")
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise InvalidInput("send the model as multipart/form-data with a 'model' file part")
+    parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1, max_fields=1)
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise InvalidInput(f"malformed multipart body: {e.message}") from None
+    upload, shape = form.get("model"), form.get("input_shape")
+    if not isinstance(upload, UploadFile):
+        raise InvalidInput("the multipart body needs a 'model' file part (the ONNX model)")
+    if shape is not None and not isinstance(shape, str):
+        raise InvalidInput("input_shape must be a form field, not a file")
+    with tempfile.NamedTemporaryFile(prefix="halp-upload-", suffix=".onnx", delete=False) as f:
+        await run_in_threadpool(shutil.copyfileobj, upload.file, f)
+    await upload.close()
+    return Path(f.name), shape
+
+
+@router.post(
+    "/measure",
+    response_model=MeasureResult,
+    dependencies=[Depends(require_write)],
+    openapi_extra={"requestBody": _BODY},
+)
+async def measure_model(request: Request, svc: ServiceState = Depends(service)) -> MeasureResult:
     """End-to-end latency of a whole ONNX model on this device, to validate predictions."""
-    data = _read_limited(model, svc.settings.max_upload_bytes)
-    shapes = parse_input_shapes(input_shape, _first_input_name(data))
-    stats = svc.measurer.model(data, shapes)
+    path, input_shape = await _receive_upload(request, svc.settings.max_upload_bytes)
+    try:
+        shapes = parse_input_shapes(input_shape, svc.settings.max_input_elements)
+        stats, resolved = await run_in_threadpool(svc.measurer.model, path, shapes)
+    finally:
+        path.unlink(missing_ok=True)
     return MeasureResult(
         fingerprint=svc.device.fingerprint,
         backend=svc.device.backend,
@@ -52,21 +129,5 @@ def measure_model(
         p10_ms=stats.p10_ms,
         p90_ms=stats.p90_ms,
         runs=stats.runs,
-        input_shapes=shapes,
+        input_shapes=resolved,
     )
-
-
-def _first_input_name(data: bytes) -> str:
-    import onnx
-
-    from profiler_service.backends import UnsupportedModel
-
-    try:
-        graph = onnx.load_model_from_string(data).graph
-    except Exception as e:  # protobuf raises DecodeError and friends
-        raise UnsupportedModel(f"not an ONNX model: {e}") from None
-    initializers = {t.name for t in graph.initializer}
-    inputs = [i.name for i in graph.input if i.name not in initializers]
-    if not inputs:
-        raise UnsupportedModel("the ONNX model has no inputs")
-    return inputs[0]
