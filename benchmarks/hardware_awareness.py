@@ -145,7 +145,7 @@ def main() -> None:
     seeds, epochs, finetune = ([0], 2, 1) if args.quick else (list(range(args.seeds)), 10, 6)
     name = "hardware_awareness" + ("" if args.ratio == 0.5 else f"-r{args.ratio:g}")
     with tempfile.TemporaryDirectory() as tmp:
-        with local_service(Path(tmp) / "service") as url, ProfilerClient(url, timeout=600) as client:
+        with local_service(Path(tmp) / "service") as url, ProfilerClient(url) as client:
             target = RemoteTarget(client, TableCache(Path(tmp) / "cache"))
             runs = [run_seed(s, target, epochs, finetune, args.ratio) for s in seeds]
     summary = {}

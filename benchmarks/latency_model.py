@@ -80,7 +80,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         state = args.state or Path(tmp)
-        with local_service(state) as url, ProfilerClient(url, timeout=600) as client:
+        with local_service(state) as url, ProfilerClient(url) as client:
             target = RemoteTarget(client, TableCache(state / "cache"))
             results = [check_model(name, size, n, target, rng) for name, size, n in plan]
             device = target.device.model_dump()

@@ -36,7 +36,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         population = [(k, p.cin, p.cout, p.median_ms) for k, t in stored.items() for p in t.points]
         sample = [population[i] for i in rng.choice(len(population), min(recheck, len(population)), replace=False)]
-        with local_service(tmp / "b") as url2, ProfilerClient(url2, timeout=600) as client2:
+        with local_service(tmp / "b") as url2, ProfilerClient(url2) as client2:
             again = RemoteTarget(client2, cache=None)
             needed: dict[str, set] = {}
             for k, cin, cout, _ in sample:

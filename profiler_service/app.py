@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
         sessions = session_factory(engine)
         worker = worker or start_worker(settings)
         assert worker.device is not None
+        metrics.worker_restarts.set_function(lambda: worker.restarts)
         info = DeviceInfo(**worker.device)
         with sessions.begin() as session:
             device_id = store.ensure_device(session, info.fingerprint, info.backend, info.model_dump())

@@ -18,6 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    make_url,
 )
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -106,8 +107,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    database = make_url(url).database or ""
+    if url.startswith("sqlite") and database not in ("", ":memory:") and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)  # a URI names an existing file
     engine = create_engine(url, connect_args={"check_same_thread": False} if url.startswith("sqlite") else {})
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -135,9 +137,9 @@ def open_store(url: str) -> Engine:
     try:
         engine = make_engine(url)
         migrate(engine)
-        with engine.connect() as connection:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")  # takes the write lock: fails on a read-only store
-            connection.exec_driver_sql("ROLLBACK")
+        with engine.connect() as connection:  # rewriting the header's user_version fails on a read-only store
+            version = connection.exec_driver_sql("PRAGMA user_version").scalar()
+            connection.exec_driver_sql(f"PRAGMA user_version = {int(version or 0)}")
     except (OSError, SQLAlchemyError) as e:
         reason = getattr(e, "orig", None) or e
         raise StoreUnavailable(f"cannot open the table store {url} for writing: {reason}") from None

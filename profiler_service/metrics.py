@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # the server's own memory and CPU (the worker's are its own)
         self.requests = Counter(
             "halp_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=self.registry
         )
@@ -24,3 +25,7 @@ class Metrics:
         self.jobs_submitted = Counter("halp_jobs_submitted_total", "Jobs created", registry=self.registry)
         self.jobs_failed = Counter("halp_jobs_failed_total", "Jobs that failed", registry=self.registry)
         self.queue_depth = Gauge("halp_job_queue_depth", "Jobs waiting or running", registry=self.registry)
+        self.worker_restarts = Gauge(
+            "halp_worker_restarts", "Measurement workers replaced after a limit, a crash or a cancel",
+            registry=self.registry,
+        )  # fmt: skip

@@ -7,14 +7,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from profiler_service.schemas import CHANNELS_SYNTAX, LutRequest, LutTable, parse_channels
 from profiler_service.shapes import GRAMMAR, InvalidLayerShape, parse_shape
-from pruning_client.models import MODELS
+from pruning_client.model_names import MODEL_NAMES
 from pruning_client.remote import ProfilerClient, ProfilerError
 from pruning_client.ui import RichUI
 
@@ -139,7 +138,7 @@ def lut(
         console.print(f"plot written to {plot}")
 
 
-MODEL_HELP = f"reference model ({', '.join(sorted(MODELS))}) or module:factory"
+MODEL_HELP = f"reference model ({', '.join(sorted(MODEL_NAMES))}) or module:factory"
 DATA_HELP = "digits (scikit-learn, no download) or an ImageNet-style folder with train/ and val/"
 DTYPES = ("fp32", "fp16")
 
@@ -292,6 +291,8 @@ def finetune(
     torchrun --nproc-per-node N -m pruning_client.cli finetune halp-out/model.pt --data PATH.
     Only rank 0 prints and writes the model.
     """
+    import torch
+
     from pruning_client.data import load_data
     from pruning_client.distributed import distributed
     from pruning_client.distributed import finetune as run_finetune

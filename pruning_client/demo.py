@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,8 +33,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_service(state_dir: Path, threads: int = 1) -> Iterator[str]:
-    """A `halp serve --backend onnxruntime` child process on 127.0.0.1, stopped on exit."""
+def local_service(state_dir: Path, threads: int = 1, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """A `halp serve --backend onnxruntime` child process on 127.0.0.1, stopped on exit; ``env`` adds settings."""
     state_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -44,8 +44,8 @@ def local_service(state_dir: Path, threads: int = 1) -> Iterator[str]:
         "--host", "127.0.0.1", "--port", str(port), "--db", f"sqlite:///{state_dir / 'profiler.db'}",
         "--log-level", "warning",
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "HALP_API_TOKEN"}  # a private service: no token
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    private = {k: v for k, v in os.environ.items() if k != "HALP_API_TOKEN"}  # a private service: no token
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**private, **(env or {})})
     previous = signal.signal(signal.SIGTERM, _raise_exit)  # run the finally below on `kill` too
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

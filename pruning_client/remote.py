@@ -6,19 +6,22 @@ import os
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, RootModel, ValidationError
 
 from profiler_service.schemas import DeviceInfo, JobStatus, LutRequest, LutSummary, LutTable, MeasureResult
 
+LutSummaries = RootModel[list[LutSummary]]
 RETRY_STATUS = frozenset({500, 502, 503, 504})
 JobProgress = Callable[[int, int], None]
 """``progress(points_done, points_total)`` while jobs run."""
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class ProfilerError(RuntimeError):
-    """The service refused a request or a job failed; the message is the service's own."""
+    """The service refused a request, a job failed, or the answer broke the protocol; one line for the user."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -29,31 +32,42 @@ def _problem_message(response: httpx.Response) -> str:
     try:
         body = response.json()
         return f"{body.get('title', response.reason_phrase)}: {body.get('detail') or ''}".rstrip(": ")
-    except ValueError:
+    except (ValueError, AttributeError):
         return f"{response.status_code} {response.reason_phrase}"
 
 
 class ProfilerClient:
     """Typed access to a profiler service, with timeouts and retries on transient failures.
 
-    Connection errors and 5xx answers are retried with exponential back-off;
-    4xx answers are the caller's mistake and raise at once.
+    Connection errors and 5xx answers are retried with exponential back-off
+    until the request's total ``deadline``; 4xx answers are the caller's
+    mistake and raise at once. Connecting gets a short timeout of its own, so
+    a target that is down or does not answer is reported in seconds; only
+    ``measure`` (a whole model timed on the device) may take minutes.
     """
 
     def __init__(
         self,
         base_url: str,
         token: str | None = None,
-        timeout: float = 60.0,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 10.0,
+        deadline: float = 20.0,
+        measure_timeout: float = 900.0,
         retries: int = 4,
         backoff: float = 0.5,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        url = httpx.URL(base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ProfilerError(f"target {base_url!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:8000)")
         token = token if token is not None else os.environ.get("HALP_API_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
-        self.retries, self.backoff = retries, backoff
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+        self.retries, self.backoff, self.deadline = retries, backoff, deadline
+        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self._measure_timeout = httpx.Timeout(measure_timeout, connect=connect_timeout)
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=self._timeout, transport=transport)
 
     def __enter__(self) -> ProfilerClient:
         return self
@@ -65,25 +79,50 @@ class ProfilerClient:
         self._http.close()
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        give_up = time.monotonic() + self.deadline
         for attempt in range(self.retries + 1):
+            last = attempt == self.retries
             try:
                 response = self._http.request(method, url, **kwargs)
             except httpx.TransportError as exc:
-                if attempt == self.retries:
-                    raise ProfilerError(f"cannot reach {self.base_url}: {exc}") from exc
+                if last or time.monotonic() + self.backoff * 2**attempt > give_up:
+                    raise ProfilerError(f"cannot reach {self.base_url}: {type(exc).__name__} {exc}".rstrip()) from None
             else:
-                if response.status_code not in RETRY_STATUS or attempt == self.retries:
+                if response.status_code not in RETRY_STATUS or last:
                     if response.is_error:
                         raise ProfilerError(
-                            f"{method} {url} -> {response.status_code}: {_problem_message(response)}",
+                            f"{self.base_url}: {method} {url} -> {response.status_code}: {_problem_message(response)}",
                             response.status_code,
                         )
                     return response
+                if time.monotonic() + self.backoff * 2**attempt > give_up:
+                    raise ProfilerError(
+                        f"{self.base_url}: {method} {url} -> {response.status_code}: {_problem_message(response)}",
+                        response.status_code,
+                    )
             time.sleep(self.backoff * 2**attempt)
         raise AssertionError("unreachable")
 
+    def _parse(self, model: type[Model], response: httpx.Response) -> Model:
+        """The answer as the protocol says it is, or one line naming the target and what was wrong."""
+        what = f"{self.base_url}: {response.request.method} {response.request.url.path}"
+        try:
+            body = response.json()
+        except ValueError:
+            bad = response.text[:80]
+            raise ProfilerError(f"{what} answered {response.status_code} with invalid JSON: {bad!r}") from None
+        try:
+            return model.model_validate(body)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise ProfilerError(
+                f"{what} answered JSON that is not a {model.__name__} ({where}: {first['msg']}); "
+                "is this a HALP profiler service of the same version?"
+            ) from None
+
     def device(self) -> DeviceInfo:
-        return DeviceInfo.model_validate(self._request("GET", "/device").json())
+        return self._parse(DeviceInfo, self._request("GET", "/device"))
 
     def table(self, shape: str, cin: list[int] | None = None, cout: list[int] | None = None) -> LutTable:
         params = {}
@@ -91,19 +130,19 @@ class ProfilerClient:
             params["cin"] = ",".join(map(str, cin))
         if cout:
             params["cout"] = ",".join(map(str, cout))
-        return LutTable.model_validate(self._request("GET", f"/lut/{shape}", params=params).json())
+        return self._parse(LutTable, self._request("GET", f"/lut/{shape}", params=params))
 
     def request(self, shape: str, body: LutRequest) -> LutTable | JobStatus:
         response = self._request("POST", f"/lut/{shape}", json=body.model_dump(exclude_none=True))
         if response.status_code == 202:
-            return JobStatus.model_validate(response.json())
-        return LutTable.model_validate(response.json())
+            return self._parse(JobStatus, response)
+        return self._parse(LutTable, response)
 
     def luts(self) -> list[LutSummary]:
-        return [LutSummary.model_validate(x) for x in self._request("GET", "/luts").json()]
+        return self._parse(LutSummaries, self._request("GET", "/luts")).root
 
     def job(self, job_id: str) -> JobStatus:
-        return JobStatus.model_validate(self._request("GET", f"/jobs/{job_id}").json())
+        return self._parse(JobStatus, self._request("GET", f"/jobs/{job_id}"))
 
     def wait(self, jobs: list[JobStatus], progress: JobProgress | None = None, poll: float = 0.25) -> None:
         """Wait for every job, reporting the points done over all of them; a failed job raises."""
@@ -113,8 +152,8 @@ class ProfilerClient:
         while pending:
             for job_id in list(pending):
                 job = self.job(job_id)
-                if job.state == "failed":
-                    raise ProfilerError(f"{self.base_url}: job {job.id} failed: {job.error}")
+                if job.state in ("failed", "cancelled"):
+                    raise ProfilerError(f"{self.base_url}: job {job.id} {job.state}: {job.error}")
                 pending[job_id] = job
                 if job.state == "done":
                     finished += job.total
@@ -136,7 +175,8 @@ class ProfilerClient:
     def measure(self, onnx_bytes: bytes, input_shape: str | None = None) -> MeasureResult:
         data = {"input_shape": input_shape} if input_shape else {}
         files = {"model": ("model.onnx", onnx_bytes, "application/octet-stream")}
-        return MeasureResult.model_validate(self._request("POST", "/measure", files=files, data=data).json())
+        response = self._request("POST", "/measure", files=files, data=data, timeout=self._measure_timeout)
+        return self._parse(MeasureResult, response)
 
 
 class FingerprintChanged(ProfilerError):

@@ -45,6 +45,9 @@ def test_quick_service_load_runs_wrk_or_says_why_not(tmp_path):
     body = json.loads((tmp_path / "service_load-quick.json").read_text())
     if shutil.which("wrk"):
         assert body["requests_per_s"] > 0 and body["p99_ms"] > 0 and body["non_2xx"] == 0
+        attacked = body["under_attack"]
+        assert attacked["requests_per_s"] > 0 and attacked["non_2xx"] == 0 and attacked["socket_errors"] == 0
+        assert set(attacked["hostile_answers"]) == {"422"}  # every hostile upload refused, none a 5xx
     else:
         assert "wrk" in body["skipped"]
 

@@ -37,3 +37,20 @@ def test_user_mistakes_are_one_line_errors(service):
         out = halp(*args)
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_module_does_not_import_torch():
+    """`halp --help`, `halp serve` and `halp lut` must not pay for torch (seconds and hundreds of MB)."""
+    code = "import sys, pruning_client.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_read_only_store_is_one_line(tmp_path):
+    from profiler_service.db import open_store
+
+    db = tmp_path / "ro.db"
+    open_store(f"sqlite:///{db}").dispose()  # a real store, then opened read-only (root ignores file modes)
+    out = halp("serve", "--backend", "onnxruntime", "--db", f"sqlite:///file:{db}?mode=ro&uri=true")
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "readonly" in lines[0] and str(db) in lines[0], out.stderr

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pickle
+import sys
 from pathlib import Path
 
 import torch
@@ -18,20 +20,35 @@ class ModelError(ValueError):
 
 
 def build_model(spec: str, num_classes: int) -> nn.Module:
-    """``resnet18`` (see MODELS) or ``package.module:factory``; the factory gets num_classes if it takes it."""
+    """``resnet18`` (see MODELS) or ``package.module:factory``; the factory gets num_classes if it takes it.
+
+    The current directory is importable, as for ``python -m``: ``mymodels:tiny`` finds ``./mymodels.py``.
+    """
     if spec in MODELS:
         return MODELS[spec](num_classes=num_classes)
     if ":" not in spec:
         raise ModelError(f"unknown model {spec!r}: use one of {', '.join(sorted(MODELS))} or module:factory")
     module_name, _, attr = spec.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError, ValueError) as e:
         raise ModelError(f"cannot load {spec!r}: {e}") from None
-    params = inspect.signature(factory).parameters
-    model = factory(num_classes=num_classes) if "num_classes" in params else factory()
+    if not callable(factory):
+        raise ModelError(f"{spec} is a {type(factory).__name__}, not callable: give a function that builds the model")
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    try:
+        model = factory(num_classes=num_classes) if "num_classes" in params else factory()
+    except TypeError as e:
+        raise ModelError(f"{spec} cannot be called as a model factory (no arguments, or num_classes=): {e}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+    if not any(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules()):
+        raise ModelError(f"{spec} built a {type(model).__name__} with no conv or linear layer: nothing to prune")
     return model
 
 
