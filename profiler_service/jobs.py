@@ -177,6 +177,8 @@ class JobManager:
                 except Interrupted:
                     return  # cancelled or shutting down; the state is already what it should be
                 except Exception as exc:  # build/run failures and limits are the job's result, not a crash
+                    if self._stop.is_set():
+                        return  # the worker was killed under us by the shutdown: resume on the next start
                     log.warning("job %s failed at (%d, %d): %s", job_id, cin, cout, exc)
                     return self._fail(job_id, f"point ({cin}, {cout}): {exc}")
             with self._sessions.begin() as session:

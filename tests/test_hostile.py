@@ -160,9 +160,11 @@ def test_dynamic_dimensions_are_capped(client):
     "model", [hm.constant_of_shape((16, 1 << 30)), hm.expand(1 << 30)], ids=["constant-of-shape-64GiB", "expand-4GiB"]
 )
 def test_static_shapes_over_the_memory_limit_are_refused(svc, client, model):
+    before = restarts(client)
     r = in_flight(svc, lambda: measure(client, model))
-    assert_problem(r, 422, "MiB", "HALP_WORKER_MEMORY_MB")
+    assert_problem(r, 422, "tensor", "MiB", "HALP_WORKER_MEMORY_MB")
     normal_job_completes(client)
+    assert restarts(client) == before  # refused by shape inference, before anything was allocated
 
 
 def test_worker_over_its_memory_limit_is_replaced(svc, client):
