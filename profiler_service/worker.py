@@ -14,7 +14,9 @@ so an out-of-memory or a hung kernel is the child's alone.
 Protocol: pickled tuples over a socket pair. The child answers its config with
 ``("ready", device_json, gpu)`` or ``("unavailable", reason)``, then each
 request ``("layer", shape_key, cin, cout)`` or ``("model", path, shapes)``
-with ``("ok", stats, shapes)`` or ``("error", kind, message)``.
+with ``("ok", stats, shapes)`` or ``("error", kind, message)``; kinds: ``invalid`` and ``limit``
+(refused by a check), ``unsupported`` (the backend cannot run it), ``memory`` (an allocation failed
+at the limit: the child is replaced), ``failed``.
 """
 
 from __future__ import annotations
@@ -152,8 +154,10 @@ class Worker:
         if reply[0] == "ok":
             return reply[1], reply[2]
         _, kind, message = reply
-        if kind == "limit":
+        if kind == "memory":
             self.kill()  # an allocation failed at the limit: start clean
+            raise OverLimit(message)
+        if kind == "limit":  # refused by a static check, before anything was allocated
             raise OverLimit(message)
         if kind == "invalid":
             raise InvalidInput(message)
@@ -257,7 +261,7 @@ def _serve(conn: Connection) -> None:
             reply = ("error", e.kind, str(e))
         except Exception as e:  # noqa: BLE001 - every failure is an answer; the supervisor decides
             if _is_memory_error(e):
-                reply = ("error", "limit", f"the measurement ran out of memory at {memory_note}")
+                reply = ("error", "memory", f"the measurement ran out of memory at {memory_note}")
             elif isinstance(e, UnsupportedModel) or request[0] == "model":
                 reply = ("error", "unsupported", f"the model cannot run as given: {_first_line(e)}")
             else:

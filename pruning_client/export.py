@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 
@@ -26,7 +27,8 @@ def export_onnx(model: nn.Module, example_inputs: ExampleInputs, dtype: str = "f
     model.eval()
     try:
         buffer = io.BytesIO()
-        converted = model.to(cast) if cast != torch.float32 else model
+        # A cast copy: casting the caller's model there and back would round its weights to the dtype.
+        converted = copy.deepcopy(model).to(cast) if cast != torch.float32 else model
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -39,6 +41,4 @@ def export_onnx(model: nn.Module, example_inputs: ExampleInputs, dtype: str = "f
             )
         return buffer.getvalue()
     finally:
-        if cast != torch.float32:
-            model.float()
         model.train(was_training)

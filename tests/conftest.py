@@ -92,6 +92,42 @@ def wait_job(client: httpx.Client, location: str, timeout: float = 120.0) -> dic
     raise TimeoutError(f"job {location} not finished: {job}")
 
 
+MAX_TIMING_SPREAD = 1.25
+"""p90/p10 of one small layer timed back to back above which latency-accuracy claims cannot be checked."""
+
+
+@pytest.fixture(scope="session")
+def timing_spread() -> float:
+    """How noisy this machine's timing is now: p90/p10 over 2 s of one 3x3 conv, in 10-run samples."""
+    import numpy as np
+
+    from profiler_service.backends import create_backend
+    from profiler_service.shapes import parse_shape
+
+    runner = create_backend("onnxruntime", 1).build_layer(parse_shape(CONV), 64, 64)
+    runner.run_batch(10)
+    start, samples = time.monotonic(), []
+    while time.monotonic() - start < 2.0:
+        samples.append(runner.run_batch(10))
+    runner.close()
+    p10, p90 = np.percentile(samples, [10, 90])
+    return float(p90 / p10)
+
+
+@pytest.fixture
+def quiet_machine(timing_spread: float) -> None:
+    """Skip, saying why, a test of latency accuracy on a host whose timing noise is larger than its tolerance.
+
+    Shared VMs vary: on one, a layer timed back to back spread by a few per cent; on another, by 1.6x
+    between p5 and p95 for minutes at a time, and no measurement protocol recovers a 5 % claim from that.
+    """
+    if timing_spread > MAX_TIMING_SPREAD:
+        pytest.skip(
+            f"this machine's timing is too noisy to check latency accuracy now: p90/p10 = {timing_spread:.2f} "
+            f"for one layer timed back to back (limit {MAX_TIMING_SPREAD})"
+        )
+
+
 # CI runs the property tests on a fixed seed so a landing never depends on luck; locally they explore.
 settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI"):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +16,33 @@ import torch
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
+def start(script: str, out: Path) -> subprocess.Popen:
+    """The script in its own process group, so that its `halp serve` child can be killed with it."""
+    cmd = [sys.executable, str(BENCHMARKS / f"{script}.py"), "--quick", "--out", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: a timed-out benchmark leaves no service behind
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def run(script: str, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(BENCHMARKS / f"{script}.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    return finish(start(script, out))
+
+
+def test_a_benchmark_that_times_out_leaves_no_process(tmp_path):
+    proc = start("service_load", tmp_path)
+    with pytest.raises(subprocess.TimeoutExpired):
+        finish(proc, timeout=6)  # mid-run: its service is up
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)  # nothing of the group is left
 
 
 @pytest.mark.parametrize(

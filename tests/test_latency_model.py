@@ -29,6 +29,7 @@ def random_keep(rng, sizes):
     return np.array([max(BLOCK, int(rng.integers(s // 4, s + 1)) // BLOCK * BLOCK) for s in sizes])
 
 
+@pytest.mark.usefixtures("quiet_machine")
 def test_prediction_matches_side_by_side_measurement(setup):
     """Predicted vs measured on random prunings, each measured as the median of interleaved rounds.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
+import pytest
 
 from tests.conftest import CONV, wait_job
 
@@ -21,6 +22,7 @@ def rise_in_largest_jumps(latency: np.ndarray, jumps: int) -> float:
     return float(np.sort(steps)[::-1][:jumps].sum() / total)
 
 
+@pytest.mark.usefixtures("quiet_machine")
 def test_cpu_conv_latency_is_a_staircase(service):
     with httpx.Client(base_url=service.url, timeout=30) as c:
         r = c.post(f"/lut/{CONV}", json={"cin": [64], "cout": COUTS})
