@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from profiler_service import store
 from profiler_service.db import open_store, session_factory
@@ -96,7 +97,7 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
             worker.close()
             engine.dispose()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc load their assets from this service, not a CDN
         title="HALP profiler service",
         version=API_VERSION,
         description="Measures layer latency tables on this device.",

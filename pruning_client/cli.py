@@ -31,19 +31,37 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _setting(name: str, text: str) -> str:
+    """Help text of a `halp serve` option: what it does, its default and its variable, from Settings itself."""
+    from profiler_service.settings import Settings
+
+    field = Settings.model_fields[name]
+    default = field.default if field.default_factory is None else None
+    shown = f"default {default}; " if default not in (None, "") else ""
+    return f"{text} ({shown}env HALP_{name.upper()})"
+
+
 @app.command()
 def serve(
-    backend: Annotated[str, typer.Option(help="auto, tensorrt, torch-cuda, onnxruntime or torch-cpu")] = None,
-    db: Annotated[str, typer.Option(help="SQLAlchemy URL, e.g. sqlite:///halp.db (HALP_DB)")] = None,
-    host: Annotated[str, typer.Option(help="bind address (HALP_HOST)")] = None,
-    port: Annotated[int, typer.Option(help="port (HALP_PORT)")] = None,
-    threads: Annotated[int, typer.Option(help="CPU backends: threads, part of the device fingerprint")] = None,
+    backend: Annotated[
+        str, typer.Option(help=_setting("backend", "auto, tensorrt, torch-cuda, onnxruntime or torch-cpu"))
+    ] = None,
+    db: Annotated[
+        str, typer.Option(help=_setting("db", "SQLAlchemy URL of the store; default: profiler.db in HALP_CACHE_DIR"))
+    ] = None,
+    host: Annotated[str, typer.Option(help=_setting("host", "bind address"))] = None,
+    port: Annotated[int, typer.Option(help=_setting("port", "port"))] = None,
+    threads: Annotated[
+        int, typer.Option(help=_setting("threads", "CPU threads, part of the device fingerprint; default all cores"))
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Run a profiler service for this machine's device (one process per device).
 
     Every option also reads from HALP_* environment variables; HALP_API_TOKEN
-    makes writes require 'Authorization: Bearer <token>'.
+    makes writes require 'Authorization: Bearer <token>'. Limits of the
+    measurement worker: HALP_WORKER_MEMORY_MB, HALP_POINT_DEADLINE_S,
+    HALP_MAX_POINT_GMACS, HALP_JOB_DEADLINE_S (see the README).
     """
     import uvicorn
     from pydantic import ValidationError
@@ -59,7 +77,8 @@ def serve(
         open_store(settings.db_url).dispose()  # a read-only store is one line here, not a traceback later
         worker = start_worker(settings)
     except ValidationError as e:
-        raise _fail(f"bad setting: {e}") from None
+        problems = "; ".join(f"HALP_{'_'.join(map(str, x['loc'])).upper()}: {x['msg']}" for x in e.errors())
+        raise _fail(f"bad setting: {problems}") from None
     except (BackendUnavailable, StoreUnavailable) as e:
         raise _fail(str(e)) from None
     url = f"http://{settings.host}:{settings.port}"

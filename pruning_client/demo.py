@@ -8,11 +8,13 @@ success, failure and Ctrl-C alike.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -91,9 +93,28 @@ def demo_settings(url: str, out: Path, latency_ratio: float = 0.5) -> RunSetting
     )
 
 
+@contextmanager
+def demo_store() -> Iterator[Path]:
+    """The demo's table store, kept between runs; a second demo running at once gets a private one.
+
+    Two services on one store would each measure on the same cores at the same time, and both
+    tables would carry the other's load.
+    """
+    shared = default_cache_dir().parent / "demo"
+    shared.mkdir(parents=True, exist_ok=True)
+    with (shared / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with tempfile.TemporaryDirectory(prefix="halp-demo-") as private:
+                yield Path(private)
+            return
+        yield shared
+
+
 def run_demo(out: Path, ui: UI, latency_ratio: float = 0.5):
-    state = default_cache_dir().parent / "demo"
-    ui.stage(f"starting a CPU profiler service (ONNX Runtime, 1 thread) with its store in {state}")
-    with local_service(state) as url:
-        ui.stage(f"profiler service at {url}")
-        return Run(demo_settings(url, out, latency_ratio), ui).prune()
+    with demo_store() as state:
+        ui.stage(f"starting a CPU profiler service (ONNX Runtime, 1 thread) with its store in {state}")
+        with local_service(state) as url:
+            ui.stage(f"profiler service at {url}")
+            return Run(demo_settings(url, out, latency_ratio), ui).prune()

@@ -123,14 +123,15 @@ class Run:
         model = build_model(self.s.model, data.num_classes)
         if self.s.weights:
             model = load_weights(model, self.s.weights)
-        else:
-            epochs = self.s.pretrain_epochs
-            if epochs is None:
-                if self.s.data != "digits":
-                    raise ModelError("give --weights (a trained model) or --pretrain-epochs to train from scratch")
-                epochs = 8
-            self._train(model, data, epochs, 0.05, "training the unpruned model")
+        elif self.s.pretrain_epochs is None and self.s.data != "digits":
+            raise ModelError("give --weights (a trained model) or --pretrain-epochs to train from scratch")
         return data, model
+
+    def pretrain(self, model: nn.Module, data: Loaders) -> None:
+        """Train from scratch when no weights were given (8 epochs on the digits by default)."""
+        if not self.s.weights:
+            epochs = self.s.pretrain_epochs if self.s.pretrain_epochs is not None else 8
+            self._train(model, data, epochs, 0.05, "training the unpruned model")
 
     def _train(self, model: nn.Module, data: Loaders, epochs: float, lr: float, what: str, pruner=None) -> None:
         total = max(1, math.ceil(epochs * len(data.train)))
@@ -190,14 +191,21 @@ class Run:
         return block_sizes(graph, self.s.block_size)
 
     def setup(self, model: nn.Module, size: int) -> tuple[ModelGraph, list[Target], torch.Tensor, torch.Tensor]:
-        example = torch.randn(1, 3, size, size)
-        deploy = torch.randn(self.s.batch, 3, size, size)
-        graph = analyse(model.eval(), example, batch=self.s.batch, dtype=self.s.dtype)  # type: ignore[arg-type]
-        self.ui.stage(f"{len(graph.groups)} channel groups over {len(graph.layers)} conv/linear layers")
+        """Every target contacted and pinned, the graph analysed and the unpruned model's tables measured.
+
+        All of it comes before any training, so an unreachable target or a layer a service refuses
+        is reported in seconds, not after the model has trained for minutes.
+        """
         remotes = self.connect()
-        targets = [Target(r, LatencyModel(graph, r.tables())) for r in remotes]
         for r in remotes:
             self.ui.stage(f"target {r.url}: {r.device.backend} on {r.device.accelerator} ({r.fingerprint})")
+        with torch.random.fork_rng():  # the run's random stream (init, data order) stays the seed's alone
+            example = torch.randn(1, 3, size, size)
+            deploy = torch.randn(self.s.batch, 3, size, size)
+        graph = analyse(model.eval(), example, batch=self.s.batch, dtype=self.s.dtype)  # type: ignore[arg-type]
+        self.ui.stage(f"{len(graph.groups)} channel groups over {len(graph.layers)} conv/linear layers")
+        targets = [Target(r, LatencyModel(graph, r.tables())) for r in remotes]
+        parallel(lambda t: t.latency.table_sum(graph.sizes), targets)
         return graph, targets, example, deploy
 
     # --- halp profile --------------------------------------------------------------------------
@@ -208,8 +216,8 @@ class Run:
         if self.s.weights:
             model = load_weights(model, self.s.weights)
         size = self.s.input_size or (32 if self.s.data == "digits" else 224)
-        graph, targets, example, deploy = self.setup(model, size)
         try:
+            graph, targets, example, deploy = self.setup(model, size)
             # Uncalibrated (a=1, b=0): budgets are fractions of the table sum, so the same tables give
             # the same rehearsal, and a second profile of the same settings measures nothing new.
             rehearsal = HALPPruner(
@@ -239,10 +247,11 @@ class Run:
     def prune(self) -> list[TargetReport]:
         start = time.perf_counter()
         data, model = self.load()
-        accuracy_before = evaluate(model, data.val)
-        self.ui.stage(f"unpruned accuracy {accuracy_before:.2f} %")
-        graph, targets, example, deploy = self.setup(model, data.input_size)
         try:
+            graph, targets, example, deploy = self.setup(model, data.input_size)
+            self.pretrain(model, data)
+            accuracy_before = evaluate(model, data.val)
+            self.ui.stage(f"unpruned accuracy {accuracy_before:.2f} %")
             self.calibrate(targets, model, graph, example, deploy)
             for t in targets:
                 cal = t.latency.calibration

@@ -145,3 +145,11 @@ def test_model_names_for_the_help_text_match_the_registry():
     from pruning_client.models import MODELS
 
     assert set(MODEL_NAMES) == set(MODELS)
+
+
+def test_halp_prune_checks_its_targets_before_training():
+    """An unreachable target is reported in seconds, not after the model has trained for minutes."""
+    start = time.monotonic()
+    result = halp("prune", "--target", "http://127.0.0.1:9", "--model", "resnet20", "--pretrain-epochs", "50")
+    assert_one_line_error(result, "cannot reach", "http://127.0.0.1:9")
+    assert time.monotonic() - start < 60

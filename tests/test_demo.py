@@ -15,3 +15,14 @@ def test_local_service_is_stopped_on_failure(tmp_path):
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/healthz", timeout=2)
     assert (tmp_path / "profiler.db").exists()
+
+
+def test_two_demos_at_once_get_two_stores(tmp_path, monkeypatch):
+    from pruning_client.demo import demo_store
+
+    monkeypatch.setenv("HALP_CACHE_DIR", str(tmp_path))
+    with demo_store() as first, demo_store() as second:
+        assert first == tmp_path / "demo"
+        assert second != first and second.is_dir()
+    with demo_store() as again:  # the shared store is free again
+        assert again == first

@@ -269,3 +269,12 @@ def test_metrics_follow_protect_reads(make_service):
     assert httpx.get(f"{svc.url}/metrics").status_code == 401
     assert httpx.get(f"{svc.url}/metrics", headers=AUTH).status_code == 200
     assert httpx.get(f"{svc.url}/healthz").status_code == 200
+
+
+def test_docs_load_their_assets_from_the_service(svc, client):
+    """GPU hosts often have no internet: /docs must not need a CDN."""
+    page = client.get("/docs").text
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page) + re.findall(r"url: ?'([^']+)'", page)
+    assert assets and not [a for a in assets if a.startswith(("http://", "https://", "//"))], assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset

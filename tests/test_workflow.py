@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import onnx
+import pytest
 import torch
 
+from pruning_client.models import resnet20
+from tests.conftest import ServiceProcess
 from tests.test_remote import metric
 
 
@@ -36,31 +42,55 @@ def test_profile_asks_only_for_missing_points(service, tmp_path):
     assert metric(service.url, "halp_points_measured_total") == measured
 
 
-def test_prune_writes_a_model_that_meets_the_budget_and_a_report(service, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory) -> Iterator[tuple[ServiceProcess, Path, subprocess.CompletedProcess]]:
+    """One `halp prune` of ResNet-20 on the digits to 0.7 of its latency, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("prune")
+    service = ServiceProcess(db=tmp / "halp.db").start()
+    out = tmp / "run"
     result = halp(
         "prune", "--model", "resnet20", "--target", service.url, "--latency-ratio", "0.7", "--data", "digits",
-        "--steps", "3", "--epochs", "1", "--pretrain-epochs", "3", "--out", str(out),
-        env=cache_env(tmp_path, "cache"),
+        "--steps", "3", "--epochs", "1", "--pretrain-epochs", "3", "--out", str(out), env=cache_env(tmp, "cache"),
     )  # fmt: skip
+    yield service, out, result
+    service.stop()
+
+
+def test_prune_writes_a_model_that_meets_the_budget_and_a_report(pruned_run):
+    service, out, result = pruned_run
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
     (target,) = report["targets"]
-    for key in ("target", "fingerprint", "latency_before_ms", "latency_after_ms", "predicted_after_ms", "speedup",
-                "accuracy_before", "accuracy_after"):  # fmt: skip
-        assert key in target
-    assert target["target"] == service.url
+    assert target["target"] == service.url and target["fingerprint"] == httpx.get(f"{service.url}/device").json()[
+        "fingerprint"
+    ]
     assert target["latency_after_ms"] <= 0.7 * target["latency_before_ms"] * 1.05
-    assert target["accuracy_after"] > 50
+    assert target["speedup"] == pytest.approx(target["latency_before_ms"] / target["latency_after_ms"], rel=1e-3)
+    assert 0 < target["predicted_after_ms"] <= 0.7 * target["latency_before_ms"]
     assert len(report["history"]) >= 3
     for name in ("model.onnx", "model.pt", "report.md", "latency_steps.png", "channels.png", "staircase.png"):
         assert (out / name).stat().st_size > 0, name
     onnx.checker.check_model(onnx.load(out / "model.onnx"))
     model = torch.load(out / "model.pt", weights_only=False)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in resnet20(10).parameters())
 
     shown = halp("report", str(out))
     assert shown.returncode == 0 and "speedup" in shown.stdout and service.url in shown.stdout
+
+
+@pytest.mark.usefixtures("quiet_machine")
+def test_pruned_model_keeps_most_of_its_accuracy(pruned_run):
+    """Three steps to 0.7 and one epoch of fine-tuning: within 25 points of the unpruned model.
+
+    On a noisy host the side-by-side measurements wander, repair steps cut far below the budget
+    (0.3-0.5 of the latency was seen there) and accuracy with them: checked on a quiet one only.
+    """
+    _, out, result = pruned_run
+    assert result.returncode == 0, result.stderr
+    (target,) = json.loads((out / "report.json").read_text())["targets"]
+    assert target["accuracy_before"] > 85
+    assert target["accuracy_after"] >= target["accuracy_before"] - 25, target
 
 
 def test_prune_mistakes_are_clear_errors(service, tmp_path):
