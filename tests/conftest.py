@@ -116,14 +116,14 @@ def timing_spread() -> float:
 
 @pytest.fixture
 def quiet_machine(timing_spread: float) -> None:
-    """Skip, saying why, a test of latency accuracy on a host whose timing noise is larger than its tolerance.
+    """Skip, saying why, a check that timing noise decides (latency accuracy, what a prune keeps) on a noisy host.
 
     Shared VMs vary: on one, a layer timed back to back spread by a few per cent; on another, by 1.6x
     between p5 and p95 for minutes at a time, and no measurement protocol recovers a 5 % claim from that.
     """
     if timing_spread > MAX_TIMING_SPREAD:
         pytest.skip(
-            f"this machine's timing is too noisy to check latency accuracy now: p90/p10 = {timing_spread:.2f} "
+            f"this machine's timing is too noisy for this check now: p90/p10 = {timing_spread:.2f} "
             f"for one layer timed back to back (limit {MAX_TIMING_SPREAD})"
         )
 

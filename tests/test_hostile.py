@@ -243,24 +243,25 @@ def test_empty_token_setting_means_no_token(monkeypatch):
     assert Settings().api_token is None
 
 
-def test_unauthenticated_upload_is_refused_on_its_headers(svc):
-    """A 200 MB body announced without a token: 401 comes back before the body is sent."""
+def first_answer(svc: ServiceProcess, headers: bytes) -> bytes:
+    """Announce a large multipart upload, send only its first bytes, and read what comes back."""
     with socket.create_connection(("127.0.0.1", svc.port), timeout=5) as s:
         s.sendall(
             b"POST /measure HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            b"Content-Length: 200000000\r\n\r\n--b\r\n"
+            + headers
+            + b"\r\n--b\r\n"
         )
-        answer = s.recv(4096)
+        return s.recv(4096)
+
+
+def test_unauthenticated_upload_is_refused_on_its_headers(svc):
+    """A 200 MB body announced without a token: 401 comes back before the body is sent."""
+    answer = first_answer(svc, b"Content-Length: 200000000\r\n")
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
 
 
 def test_oversized_upload_is_refused_on_its_headers(svc):
-    with socket.create_connection(("127.0.0.1", svc.port), timeout=5) as s:
-        s.sendall(
-            b"POST /measure HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\n"
-            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 999999999999\r\n\r\n--b\r\n"
-        )
-        answer = s.recv(4096)
+    answer = first_answer(svc, f"Authorization: Bearer {TOKEN}\r\nContent-Length: 999999999999\r\n".encode())
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
 
 
