@@ -59,6 +59,7 @@ def live_in_group(pgid: int) -> list[int]:
     return live
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "script,key",
     [
@@ -76,6 +77,7 @@ def test_quick_benchmark_writes_results(script, key, tmp_path):
     assert body["quick"] and body["machine"]["cores"] and body[key]
 
 
+@pytest.mark.slow
 def test_quick_service_load_runs_wrk_or_says_why_not(tmp_path):
     import shutil
 

@@ -73,6 +73,7 @@ def test_one_class_and_a_missing_path_are_clear_errors(tmp_path):
         load_data(str(tmp_path / "missing"), 32, 8)
 
 
+@pytest.mark.slow
 def test_halp_prune_takes_an_image_folder(service, tmp_path):
     root = write_folder(tmp_path / "data", {"train": 40, "val": 10})
     out = tmp_path / "run"

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from pruning_client.data import digits
@@ -22,6 +23,7 @@ def halp_finetune(*args: str, processes: int = 1) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_two_processes_fine_tune_one_model_and_count_the_whole_validation_split(tmp_path):
     torch.manual_seed(0)
     torch.save(resnet20(10), tmp_path / "model.pt")

@@ -58,6 +58,7 @@ def halp_run() -> dict:
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_halp_prunes_resnet20_on_digits_to_budget(halp_run):
     pruner, latency, pruned = halp_run["pruner"], halp_run["latency"], halp_run["pruned"]
     assert halp_run["accuracy_before"] > 95
@@ -68,6 +69,7 @@ def test_halp_prunes_resnet20_on_digits_to_budget(halp_run):
     onnx.checker.check_model(onnx.load_model_from_string(export_onnx(pruned, halp_run["x"])))
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("quiet_machine")
 def test_halp_pruned_resnet20_keeps_its_accuracy(halp_run):
     """Within 2 points of the unpruned model. The channels kept follow this CPU's tables, so on a

@@ -56,6 +56,7 @@ def pruned_run(tmp_path_factory) -> Iterator[tuple[ServiceProcess, Path, subproc
     service.stop()
 
 
+@pytest.mark.slow
 def test_prune_writes_a_model_that_meets_the_budget_and_a_report(pruned_run):
     service, out, result = pruned_run
     assert result.returncode == 0, result.stderr
@@ -79,6 +80,7 @@ def test_prune_writes_a_model_that_meets_the_budget_and_a_report(pruned_run):
     assert shown.returncode == 0 and "speedup" in shown.stdout and service.url in shown.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("quiet_machine")
 def test_pruned_model_keeps_most_of_its_accuracy(pruned_run):
     """Three steps to 0.7 and one epoch of fine-tuning: within 25 points of the unpruned model.
@@ -107,6 +109,7 @@ def test_prune_mistakes_are_clear_errors(service, tmp_path):
     assert missing.returncode == 2 and "not found" in missing.stderr
 
 
+@pytest.mark.slow
 def test_per_target_prunes_one_model_per_target_and_reports_each(make_service, tmp_path):
     first, second = make_service("a.db"), make_service("b.db", threads=2)  # two CPU "devices"
     out = tmp_path / "run"
@@ -122,6 +125,7 @@ def test_per_target_prunes_one_model_per_target_and_reports_each(make_service, t
         assert service.url in result.stdout
 
 
+@pytest.mark.slow
 def test_several_targets_get_one_model_that_meets_every_budget(make_service, tmp_path):
     first, second = make_service("a.db"), make_service("b.db", threads=2)  # two CPU "devices"
     out = tmp_path / "run"
