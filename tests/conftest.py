@@ -96,9 +96,10 @@ MAX_TIMING_SPREAD = 1.25
 """p90/p10 of one small layer timed back to back above which latency-accuracy claims cannot be checked."""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def timing_spread() -> float:
-    """How noisy this machine's timing is now: p90/p10 over 2 s of one 3x3 conv, in 10-run samples."""
+    """How noisy this machine's timing is now (at the check, not at the session's start: it changes
+    within minutes): p90/p10 over 2 s of one 3x3 conv, in 10-run samples."""
     import numpy as np
 
     from profiler_service.backends import create_backend
