@@ -42,8 +42,12 @@ BODIES = JSON | st.fixed_dictionaries(
 MODELS = st.sampled_from([hm.conv_3x8x8(), hm.dynamic_relu(), hm.expand(1 << 30), b"", b"\x08\x01garbage"]) | st.binary(
     max_size=64
 )
-INPUT_SHAPES = st.none() | st.text(alphabet="0123456789x{}[]\":, nope", max_size=30) | st.sampled_from(
-    ["1x3x8x8", "1x3x8", "0x3x8x8", '{"x": [1, 3, 8, 8]}', '{"x": [true]}', '{"x": "1x3"}', "99999999x3x8x8"]
+INPUT_SHAPES = (
+    st.none()
+    | st.text(alphabet='0123456789x{}[]":, nope', max_size=30)
+    | st.sampled_from(
+        ["1x3x8x8", "1x3x8", "0x3x8x8", '{"x": [1, 3, 8, 8]}', '{"x": [true]}', '{"x": "1x3"}', "99999999x3x8x8"]
+    )
 )
 
 

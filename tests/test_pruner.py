@@ -10,7 +10,7 @@ import torch
 from profiler_service.timing import TimingPolicy
 from pruning_client.data import digits
 from pruning_client.export import export_onnx
-from pruning_client.graph import ModelGraph, analyse, pruned_copy
+from pruning_client.graph import ModelGraph, analyse
 from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.local import LocalProfiler
 from pruning_client.models import resnet20, resnext50_32x4d
@@ -38,15 +38,9 @@ def halp_run() -> dict:
     x = torch.randn(1, 3, 32, 32)
     graph = analyse(model, x)
     profiler = LocalProfiler("onnxruntime", threads=1, policy=TimingPolicy(warmup_ms=5, max_ms=300, rel_tol=0.02))
+    # Uncalibrated: a fit to two whole-model timings taken during a noise burst can put the intercept
+    # above half the total, and then no pruning reaches the budget; calibration has its own tests.
     latency = LatencyModel(graph, profiler.tables())
-    half = np.maximum(8, graph.sizes // 2)
-    thin = pruned_copy(model, x, graph.first_channels(half))
-
-    def measured(m):  # median of three: one whole-model measurement varies by a few % here
-        return float(np.median([profiler.measure_model(m, x) for _ in range(3)]))
-
-    latency.calibrate([(graph.sizes, measured(model)), (half, measured(thin))])
-
     pruner = HALPPruner(model, x, latency, target_ratio=0.5, steps=8, interval=5, block_size=8)
     train(model, data.train, TrainConfig(epochs=2, lr=0.02), pruner=pruner)
     done = pruner.done
