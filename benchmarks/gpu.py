@@ -14,11 +14,11 @@ import torch
 from common import parse_args, save_plot, write
 
 from profiler_service.backends import create_backend
+from profiler_service.local_target import LocalTarget
 from profiler_service.shapes import parse_shape
 from profiler_service.timing import TimingPolicy, measure
 from pruning_client.graph import analyse, pruned_copy
-from pruning_client.latency import LatencyModel
-from pruning_client.local import LocalProfiler
+from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.models import resnet50
 from pruning_client.plots import pyplot
 
@@ -52,12 +52,12 @@ def network_ms(model: torch.nn.Module, batch: int, size: int) -> float:
     return measure(run_batch, POLICY).median_ms
 
 
-def latency_check(profiler: LocalProfiler, batch: int, configs: int, rng) -> dict:
+def latency_check(profiler: LocalTarget, batch: int, configs: int, rng) -> dict:
     torch.manual_seed(0)
     model = resnet50()
     x = torch.randn(1, 3, 224, 224)
     graph = analyse(model, x, batch=batch, dtype="fp16")
-    latency = LatencyModel(graph, profiler.tables())
+    latency = LatencyModel(graph, LatencyTables.of(profiler))
 
     def measured(keep) -> float:
         keep_idx = graph.first_channels(keep)
@@ -107,7 +107,7 @@ def main() -> None:
         }
         print(f"batch {batch}: {100 * wrong_way:.1f} % of count pairs are >10 % faster at the larger count")
 
-    profiler = LocalProfiler(backend, threads=None, policy=POLICY)
+    profiler = LocalTarget(backend, threads=None, policy=POLICY)
     rng = np.random.default_rng(0)
     configs = 3 if args.quick else 20
     for batch in (1, 64):

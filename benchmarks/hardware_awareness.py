@@ -90,7 +90,7 @@ def run_seed(seed: int, target: RemoteTarget, epochs: int, finetune: int, ratio:
     x = torch.randn(1, 3, 32, 32)
     graph = analyse(model, x)
     importance = taylor(model, graph, data.train)
-    latency = LatencyModel(graph, target.tables())
+    latency = LatencyModel(graph, LatencyTables.of(target))
     shape = "1x3x32x32"
 
     def measure(m) -> float:

@@ -20,7 +20,7 @@ from pruning_client.cache import TableCache
 from pruning_client.demo import local_service
 from pruning_client.export import export_onnx
 from pruning_client.graph import analyse, pruned_copy
-from pruning_client.latency import LatencyModel
+from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.models import MODELS
 from pruning_client.plots import pyplot
 from pruning_client.remote import ProfilerClient, RemoteTarget
@@ -38,7 +38,7 @@ def check_model(name: str, size: int, configs: int, target: RemoteTarget, rng) -
     model = MODELS[name](num_classes=1000 if size >= 64 else 10).eval()
     x = torch.randn(1, 3, size, size)
     graph = analyse(model, x)
-    latency = LatencyModel(graph, target.tables())
+    latency = LatencyModel(graph, LatencyTables.of(target))
     shape = "x".join(map(str, x.shape))
 
     def measured(keep) -> float:

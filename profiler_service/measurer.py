@@ -30,9 +30,7 @@ class Measurer:
             self._metrics.points_measured.inc()
             return stats
 
-    def model(
-        self, path: Path, input_shapes: dict[str, list[int]] | None
-    ) -> tuple[LatencyStats, dict[str, list[int]]]:
+    def model(self, path: Path, input_shapes: dict[str, list[int]] | None) -> tuple[LatencyStats, dict[str, list[int]]]:
         """Time an upload; a device busy past ``measure_wait_s`` answers 503 rather than queueing forever."""
         if not self._lane.acquire(timeout=self._measure_wait_s):
             raise DeviceBusy(

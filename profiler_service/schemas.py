@@ -7,7 +7,7 @@ SQLAlchemy, so the pruning client stays free of server dependencies.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
@@ -138,6 +138,14 @@ class MeasureResult(BaseModel):
     p90_ms: float
     runs: int
     input_shapes: dict[str, list[int]] | None = None
+
+    @classmethod
+    def of(cls, device: DeviceInfo, stats: Any, input_shapes: dict[str, list[int]] | None) -> MeasureResult:
+        """The answer for ``stats`` (a ``timing.LatencyStats``) timed on ``device``."""
+        return cls(
+            fingerprint=device.fingerprint, backend=device.backend, median_ms=stats.median_ms,
+            p10_ms=stats.p10_ms, p90_ms=stats.p90_ms, runs=stats.runs, input_shapes=input_shapes,
+        )  # fmt: skip
 
 
 class Problem(BaseModel):

@@ -23,11 +23,11 @@ GRAMMAR = (
 )
 
 # Limits of SPEC 3 (inclusive ranges).
-MAX_CHANNELS = 16384
+MAX_CHANNELS = 65536  # a VGG classifier's input is 25,088
 MAX_SPATIAL = 4096
 MAX_BATCH = 4096
-MAX_KERNEL = 15
-MAX_STRIDE = 8
+MAX_KERNEL = 32  # patch embeddings: 16x16 and 32x32 kernels
+MAX_STRIDE = 32
 MAX_DILATION = 16
 MAX_PADDING = 64
 MAX_TOKENS = 65536

@@ -20,7 +20,6 @@ _EXPORTS = {
     "ProfilerClient": "pruning_client.remote",
     "ProfilerError": "pruning_client.remote",
     "RemoteTarget": "pruning_client.remote",
-    "LocalProfiler": "pruning_client.local",
 }
 
 __all__ = sorted(_EXPORTS)

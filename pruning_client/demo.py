@@ -23,7 +23,8 @@ from pathlib import Path
 import httpx
 
 from pruning_client.cache import default_cache_dir
-from pruning_client.workflow import UI, Run, RunSettings
+from pruning_client.ui import UI
+from pruning_client.workflow import Run, RunSettings
 
 STARTUP_TIMEOUT_S = 120
 

@@ -29,7 +29,9 @@ def export_onnx(model: nn.Module, example_inputs: ExampleInputs, dtype: str = "f
         buffer = io.BytesIO()
         # A cast copy: casting the caller's model there and back would round its weights to the dtype.
         converted = copy.deepcopy(model).to(cast) if cast != torch.float32 else model
-        with warnings.catch_warnings(), torch.no_grad():
+        # Not under no_grad: without autograd, nn.MultiheadAttention takes its fused fast path, whose
+        # aten::_native_multi_head_attention has no ONNX export; the exporter traces without grads anyway.
+        with warnings.catch_warnings(), torch.enable_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 converted,

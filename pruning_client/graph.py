@@ -51,6 +51,7 @@ class ChannelGroup:
     # A grouped conv on either side splits the channels into equal chunks, one per conv group; every
     # chunk must keep the same positions, or the conv's groups would differ in width.
     chunks: int = 1
+    held: str | None = None  # why the group keeps all its channels, when it cannot be pruned
 
     @property
     def positions(self) -> int:
@@ -83,6 +84,27 @@ class ModelGraph:
     f_in: np.ndarray  # (L, G): channels of layer l's input per channel of group g
     f_out: np.ndarray  # (L, G)
     fixed_layers: list[str]  # output layers (and user-ignored ones): channels never pruned
+    checked: bool = False  # whether ``prunability.hold_unprunable`` has tried every group
+
+    @property
+    def unmodelled_weight_share(self) -> float:
+        """Share of the weight matrices/kernels (parameters of 2+ dims) outside every traced conv/linear call.
+
+        Those run as something the tables do not time (attention's in-projection used as a bare
+        parameter, an auxiliary head that only runs in training); the report says how much.
+        """
+        called = {lc.module for lc in self.layers}
+        total = unmodelled = 0
+        for name, p in self.model.named_parameters():
+            if p.dim() >= 2:
+                total += p.numel()
+                unmodelled += 0 if name.rpartition(".")[0] in called else p.numel()
+        return unmodelled / total if total else 0.0
+
+    @property
+    def held(self) -> dict[str, str]:
+        """Root -> reason of every group that keeps all its channels."""
+        return {g.root: g.held for g in self.groups if g.held}
 
     @property
     def sizes(self) -> np.ndarray:
@@ -179,8 +201,7 @@ def layer_shape(module: nn.Module, input_size: tuple, batch: int, dtype: Dtype) 
         tokens = int(np.prod(input_size[1:-1])) if len(input_size) > 2 else 1
         return LayerShape(op="linear", batch=batch, dtype=dtype, tokens=tokens)
     assert isinstance(module, nn.Conv2d)
-    if isinstance(module.padding, str):
-        raise GraphError(f"conv padding={module.padding!r} is not supported; use explicit padding")
+    padding = _explicit_padding(module)
     if module.groups > 1 and module.groups == module.out_channels != module.in_channels:
         # Torch-Pruning takes groups == out_channels for depthwise and would cut its input like its output
         raise GraphError(
@@ -193,12 +214,24 @@ def layer_shape(module: nn.Module, input_size: tuple, batch: int, dtype: Dtype) 
         dtype=dtype,
         kernel=tuple(module.kernel_size),  # type: ignore[arg-type]
         stride=tuple(module.stride),  # type: ignore[arg-type]
-        padding=tuple(module.padding),  # type: ignore[arg-type]
+        padding=padding,
         dilation=tuple(module.dilation),  # type: ignore[arg-type]
         groups=0 if _is_depthwise(module) else module.groups,
         height=int(input_size[2]),
         width=int(input_size[3]),
     )
+
+
+def _explicit_padding(module: nn.Conv2d) -> tuple[int, int]:
+    """The symmetric padding a conv runs with: ``"valid"`` is none, ``"same"`` half the dilated kernel."""
+    if module.padding == "valid":
+        return (0, 0)
+    if module.padding != "same":
+        return tuple(module.padding)  # type: ignore[return-value]
+    reach = [d * (k - 1) for k, d in zip(module.kernel_size, module.dilation, strict=True)]
+    if any(r % 2 for r in reach):
+        raise GraphError("padding='same' with an even kernel pads one side more, which a layer shape cannot say")
+    return (reach[0] // 2, reach[1] // 2)
 
 
 def analyse(
@@ -226,10 +259,16 @@ def _analyse(
         raise GraphError("the model runs no nn.Conv2d or nn.Linear: nothing to prune")
     names = {m: n for n, m in model.named_modules()}
     fixed = set(output_layers) | {names[m] for m in ignored_layers}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
-    tp_groups = dg.get_all_groups(ignored_layers=[model.get_submodule(n) for n in fixed])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
+        tp_groups = list(dg.get_all_groups(ignored_layers=[model.get_submodule(n) for n in fixed]))
+    except Exception as e:  # noqa: BLE001 - the dependency graph fails deep inside on what it cannot map
+        raise GraphError(
+            f"the dependency graph cannot follow this model's channels ({type(e).__name__}: {str(e)[:200]}); "
+            "hold the part that fails out of pruning with --fixed MODULE"
+        ) from None
 
     groups: list[ChannelGroup] = []
     in_terms: dict[str, dict[int, float]] = {}
@@ -265,6 +304,7 @@ def _analyse(
                     group.chunks = math.lcm(group.chunks, conv_groups)
         if size % group.chunks:
             raise GraphError(f"group {group.root}: {size} channels do not split into {group.chunks} equal chunks")
+        group.held = _incoherent(group, model)
         groups.append(group)
 
     layers: list[LayerCall] = []
@@ -277,12 +317,30 @@ def _analyse(
         call_name = name if seen[name] == 1 else f"{name}#{seen[name]}"
         cin = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
         cout = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-        layers.append(LayerCall(call_name, name, layer_shape(module, size_in, batch, dtype), cin, cout))
+        try:
+            shape = layer_shape(module, size_in, batch, dtype)
+        except GraphError as e:
+            raise GraphError(f"{name} ({type(module).__name__}): {e}") from None
+        layers.append(LayerCall(call_name, name, shape, cin, cout))
         for gid, factor in in_terms.get(name, {}).items():
             f_in[row, gid] = factor
         for gid, factor in out_terms.get(name, {}).items():
             f_out[row, gid] = factor
     return ModelGraph(model, dg, groups, layers, f_in, f_out, sorted(fixed))
+
+
+def _incoherent(group: ChannelGroup, model: nn.Module) -> str | None:
+    """Why the group's index mapping cannot be trusted, if it cannot: channels mapped out of range.
+
+    Torch-Pruning follows channels through concatenations and reshapes by index arithmetic; through a
+    channel split followed by a shuffle it maps some outside the group or the module (ShuffleNetV2).
+    """
+    for item in group.bns + group.producers:
+        module = model.get_submodule(item.module)
+        width = getattr(module, "out_channels", None) or getattr(module, "out_features", None) or module.num_features
+        if len(item.root_idxs) and (item.root_idxs.max() >= group.size or item.idxs.max() >= width):
+            return f"the dependency graph maps its channels out of range at {item.module} (a channel split or shuffle)"
+    return None
 
 
 def _check_grouped_side(group: ChannelGroup, entry: GroupItem, module: nn.Conv2d, is_out: bool) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pruning_client.calibration import Calibration, fit
 from pruning_client.graph import ModelGraph
 
 Point = tuple[int, int]
@@ -32,6 +33,12 @@ class LatencyTables:
     points: dict[str, dict[Point, float]] = field(default_factory=dict)
     fetch: Fetch | None = None
     fingerprint: str = ""
+
+    @classmethod
+    def of(cls, source) -> LatencyTables:
+        """Tables filled on demand by a target: anything with ``fetch`` and ``fingerprint``
+        (``RemoteTarget``, or ``profiler_service.local_target.LocalTarget`` in process)."""
+        return cls(fetch=source.fetch, fingerprint=source.fingerprint)
 
     def missing(self, needed: Needed) -> Needed:
         out: Needed = {}
@@ -62,18 +69,6 @@ class LatencyTables:
 
 def _add(needed: Needed, key: str, cin: Iterable[int], cout: Iterable[int]) -> None:
     needed.setdefault(key, set()).update(zip(map(int, cin), map(int, cout), strict=True))
-
-
-@dataclass
-class Calibration:
-    a: float = 1.0
-    b: float = 0.0
-    samples: list[tuple[float, float]] = field(default_factory=list)  # (table sum, measured ms)
-
-    @property
-    def residuals(self) -> list[float]:
-        """Relative error of each calibration sample under the fitted line."""
-        return [(self.a * s + self.b - m) / m for s, m in self.samples]
 
 
 class LatencyModel:
@@ -107,18 +102,24 @@ class LatencyModel:
         return float(self.layer_latency(keep).sum())
 
     def predict(self, keep: np.ndarray) -> float:
-        return self.calibration.a * self.table_sum(keep) + self.calibration.b
+        return self.calibration.predict(self.table_sum(keep))
+
+    def to_table(self, ms: float) -> float:
+        """A latency in ms as a table sum: what the knapsack's capacity is counted in."""
+        return self.calibration.to_table(ms)
+
+    def require(self, needed: Needed) -> None:
+        """Have these points in the tables (fetched if missing): several targets can fill theirs at once."""
+        self.tables.require(needed)
+
+    def row(self, key: str, cin: int, couts: list[int]) -> list[float]:
+        """One layer shape's latency at ``cin`` over ``couts`` (a staircase), fetched if missing."""
+        self.tables.require({key: {(cin, c) for c in couts}})
+        return [self.tables.points[key][(cin, c)] for c in couts]
 
     def calibrate(self, samples: list[tuple[np.ndarray, float]]) -> Calibration:
-        """Least-squares fit of (a, b) on (keep, measured ms) pairs; needs two distinct sums."""
-        sums = np.array([self.table_sum(k) for k, _ in samples])
-        measured = np.array([m for _, m in samples])
-        if len(samples) < 2 or np.ptp(sums) <= 1e-9 * sums.max():
-            raise ValueError("calibration needs measurements of at least two different configurations")
-        a, b = np.polyfit(sums, measured, 1)
-        if a <= 0:
-            raise ValueError(f"calibration gave a non-positive slope a={a:.3g}: measurements are too noisy")
-        self.calibration = Calibration(float(a), float(b), list(zip(sums.tolist(), measured.tolist(), strict=True)))
+        """Fit (a, b) on (keep, measured ms) pairs; see ``calibration.fit``."""
+        self.calibration = fit([self.table_sum(k) for k, _ in samples], [m for _, m in samples])
         return self.calibration
 
     # --- per-group cost curves for the knapsack --------------------------------------------

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
 
-from pruning_client.graph import ExampleInputs, GraphError, ModelGraph, prune_groups, pruned_copy
+from pruning_client.graph import ExampleInputs, GraphError, prune_groups, pruned_copy
 from pruning_client.knapsack import Infeasible, solve
 from pruning_client.latency import LatencyModel
+from pruning_client.masks import MaskHooks
+from pruning_client.prunability import hold_unprunable
 from pruning_client.saliency import TaylorSaliency
+from pruning_client.schedule import block_sizes, exponential_budgets
 
 MAX_TIGHTENING = 30
 log = logging.getLogger("halp.pruner")
@@ -40,30 +42,14 @@ class PruneStep:
     tightenings: int
     met: bool = True  # False: the budget was out of reach and the minimum was kept
 
-
-def block_sizes(graph: ModelGraph, block_size: int | Sequence[int] | None = None, max_blocks: int = 16) -> list[int]:
-    """Channels per pruning block of every group: given (one or per group) or automatic.
-
-    Automatic blocks are multiples of 8 channels with at most ``max_blocks``
-    choices per group: kernels tile channels (8 on CPUs' NCHWc layout, 8-32
-    on GPUs), and fewer choices mean fewer table points to measure; the paper
-    used 32 for bottleneck convs and 64-128 for residual groups of ResNet-50.
-    Every block is a whole number of positions of the group's chunks (a
-    grouped conv prunes all its groups alike), so sizes round up to that.
-    """
-    groups = graph.groups
-    if block_size is None:
-        aligns = [math.lcm(8, g.chunks) for g in groups]
-        return [max(a, math.ceil(g.size / max_blocks / a) * a) for g, a in zip(groups, aligns, strict=True)]
-    sizes = [block_size] * len(groups) if isinstance(block_size, int) else list(block_size)
-    if len(sizes) != len(groups) or min(sizes) < 1:
-        raise ValueError(f"block_size: a positive int or one per group ({len(groups)})")
-    return [math.ceil(b / g.chunks) * g.chunks for b, g in zip(sizes, groups, strict=True)]
-
-
-def exponential_budgets(full: float, target: float, steps: int) -> list[float]:
-    """Budgets of steps 1..S shrinking geometrically from ``full`` to ``target`` (as in the paper)."""
-    return [math.exp((s / steps) * math.log(target) + (1 - s / steps) * math.log(full)) for s in range(1, steps + 1)]
+    def describe(self, steps: int) -> str:
+        """One progress line; ``steps`` is the schedule's length (later steps are repairs)."""
+        label = f"step {self.step}/{steps}" if self.step <= steps else "repair step"
+        budget = ", ".join(f"{b:.3f}" for b in self.budget_ms)
+        predicted = ", ".join(f"{p:.3f}" for p in self.predicted_ms)
+        missed = "" if self.met else " (budget out of reach even with the finest blocks: kept the minimum)"
+        kept = f"saliency kept {100 * self.saliency_kept:.1f} %"
+        return f"{label}: budget {budget} ms, predicted {predicted} ms, {kept}{missed}"
 
 
 class HALPPruner:
@@ -78,6 +64,7 @@ class HALPPruner:
         block_size: int | Sequence[int] | None = 8,
         start: int = 0,
         min_keep_blocks: int = 1,
+        on_step: Callable[[PruneStep], None] | None = None,
     ) -> None:
         self.models = [latency_model] if isinstance(latency_model, LatencyModel) else list(latency_model)
         if not self.models:
@@ -88,12 +75,13 @@ class HALPPruner:
         ratios = [target_ratio] * len(self.models) if isinstance(target_ratio, int | float) else list(target_ratio)
         if len(ratios) != len(self.models) or not all(0 < r <= 1 for r in ratios):
             raise ValueError("target_ratio: one ratio in (0, 1] per target")
+        hold_unprunable(self.graph, example_inputs)  # before the blocks: a held group is one block
         sizes = block_sizes(self.graph, block_size)
         if steps < 1 or interval < 1 or min_keep_blocks < 1:
             raise ValueError("steps, interval and min_keep_blocks must be positive")
         self.model, self.example_inputs = model, example_inputs
         self.steps, self.interval, self.block_sizes, self.start = steps, interval, sizes, start
-        self.min_keep_blocks = min_keep_blocks
+        self.min_keep_blocks, self.on_step = min_keep_blocks, on_step  # on_step(record) after every step
         self.saliency = TaylorSaliency(self.graph)
         self.masks = [np.ones(g.size, dtype=bool) for g in self.graph.groups]
         full = self.keep_counts()
@@ -102,8 +90,7 @@ class HALPPruner:
         self.budgets = [exponential_budgets(f, t, steps) for f, t in zip(self.full_ms, self.target_ms, strict=True)]
         self.history: list[PruneStep] = []
         self.iteration = 0
-        self._module_masks: dict[str, torch.Tensor] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._hooks = MaskHooks(self.graph, self.masks)
         self._finalized = False
         self._importance: list[np.ndarray] | None = None
 
@@ -147,12 +134,7 @@ class HALPPruner:
             budgets = [b[len(self.history)] for b in self.budgets]
         keep_now = self.keep_counts()
         sums_now = [lm.table_sum(keep_now) for lm in self.models]
-        capacity = np.array(
-            [
-                (b - lm.calibration.b) / lm.calibration.a - s
-                for b, lm, s in zip(budgets, self.models, sums_now, strict=True)
-            ]
-        )
+        capacity = np.array([lm.to_table(b) - s for b, lm, s in zip(budgets, self.models, sums_now, strict=True)])
         while True:
             orders, counts, values, lo = self._choices(importance)
             # costs are only defined where a group keeps channels: reuse the smallest allowed count below it
@@ -175,7 +157,7 @@ class HALPPruner:
         for group, order, c in zip(self.graph.groups, orders, new_keep, strict=True):
             self.masks[group.id][:] = False
             self.masks[group.id][group.channels_at(order[: c // group.chunks])] = True
-        self._apply_masks()
+        self._hooks.apply()
         record = PruneStep(
             step=len(self.history) + 1,
             iteration=self.iteration,
@@ -188,6 +170,8 @@ class HALPPruner:
         )
         self.history.append(record)
         self.saliency.reset()
+        if self.on_step is not None:
+            self.on_step(record)
         return record
 
     def _choices(self, importance: list[np.ndarray]):
@@ -217,12 +201,16 @@ class HALPPruner:
         reach of their floor (one 8-channel block of a 16-channel group keeps
         half of it): finer blocks there lower the floor where it binds.
         """
-        held = [g for g in self.graph.groups if k[g.id] <= lo[g.id] and self.block_sizes[g.id] // g.chunks > 1]
-        for g in held:
+        at_floor = [
+            g
+            for g in self.graph.groups
+            if k[g.id] <= lo[g.id] and self.block_sizes[g.id] // g.chunks > 1 and not g.held
+        ]
+        for g in at_floor:
             self.block_sizes[g.id] = self.block_sizes[g.id] // g.chunks // 2 * g.chunks
-        if held:
-            log.info("budget out of reach: halved the blocks of %d group(s) held at their minimum", len(held))
-        return bool(held)
+        if at_floor:
+            log.info("budget out of reach: halved the blocks of %d group(s) held at their minimum", len(at_floor))
+        return bool(at_floor)
 
     def _solve_within(self, values, costs, counts, lo, capacity, budgets):
         """Solve, then tighten until the true 2-D table latency meets every budget.
@@ -241,7 +229,7 @@ class HALPPruner:
             self._prefetch([lm.points_for(new_keep) for lm in self.models])
             predicted = [lm.predict(new_keep) for lm in self.models]
             excess = np.array(
-                [(p - b) / lm.calibration.a for p, b, lm in zip(predicted, budgets, self.models, strict=True)]
+                [lm.to_table(p) - lm.to_table(b) for p, b, lm in zip(predicted, budgets, self.models, strict=True)]
             )
             if (excess <= 0).all() or k is minimum:
                 return k, predicted, tightenings
@@ -255,41 +243,14 @@ class HALPPruner:
     def _prefetch(self, needs: list) -> None:
         """Fill every target's missing points at once: remote targets measure in parallel."""
         if len(self.models) == 1:
-            self.models[0].tables.require(needs[0])
+            self.models[0].require(needs[0])
             return
         with ThreadPoolExecutor(len(self.models)) as pool:
-            list(pool.map(lambda pair: pair[0].tables.require(pair[1]), zip(self.models, needs, strict=True)))
-
-    # --- masks -----------------------------------------------------------------------------
-    def _apply_masks(self) -> None:
-        """Zero pruned channels at every output that carries them (conv/linear/BN of the group)."""
-        masks: dict[str, torch.Tensor] = {}
-        for group, mask in zip(self.graph.groups, self.masks, strict=True):
-            dropped = np.flatnonzero(~mask)
-            for item in group.maskable:
-                module = self.graph.module(item.module)
-                width = module.weight.shape[0] if getattr(module, "weight", None) is not None else module.num_features
-                m = masks.setdefault(item.module, torch.ones(width))
-                m[torch.as_tensor(item.idxs[np.isin(item.root_idxs, dropped)])] = 0.0
-        self._module_masks = masks
-        if not self._handles:
-            for name in masks:
-                self._handles.append(self.graph.module(name).register_forward_hook(self._mask_hook(name)))
-
-    def _mask_hook(self, name: str):
-        def hook(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            mask = self._module_masks[name].to(output.device, output.dtype)
-            shape = [1] * output.dim()
-            shape[-1 if isinstance(module, nn.Linear) else 1] = -1
-            return output * mask.view(shape)
-
-        return hook
+            list(pool.map(lambda pair: pair[0].require(pair[1]), zip(self.models, needs, strict=True)))
 
     def remove_masks(self) -> None:
         """Detach the mask hooks from the model (the masks stay recorded here)."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self._hooks.remove()
 
     def thinned_copy(self) -> nn.Module:
         """A physically pruned deep copy of the current state (for end-to-end measurement)."""
@@ -299,7 +260,7 @@ class HALPPruner:
             return pruned_copy(self.model, self.example_inputs, keep, ignored_layers=self.graph.fixed_layers)
         finally:
             if self.history:
-                self._apply_masks()
+                self._hooks.apply()
 
     def finalize(self) -> nn.Module:
         """Remove the masked channels for real; returns the (same, now smaller) model."""

@@ -212,11 +212,6 @@ class RemoteTarget:
                 f"{fingerprint} for {what}; refusing to mix their tables (restart the run)"
             )
 
-    def tables(self):
-        from pruning_client.latency import LatencyTables
-
-        return LatencyTables(fetch=self.fetch, fingerprint=self.fingerprint)
-
     def fetch(self, needed: dict[str, set[tuple[int, int]]]) -> dict[str, dict[tuple[int, int], float]]:
         out: dict[str, dict[tuple[int, int], float]] = {}
         missing: dict[str, list[tuple[int, int]]] = {}

@@ -5,13 +5,20 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from pruning_client import plots
+
+if TYPE_CHECKING:
+    from pruning_client.graph import ModelGraph
+    from pruning_client.latency import LatencyModel
+    from pruning_client.targets import Target
 
 REPORT_JSON = "report.json"
 
@@ -44,6 +51,61 @@ class TargetReport:
         return self.latency_after_ms / self.latency_before_ms
 
 
+def target_reports(
+    targets: Sequence[Target],
+    final: Sequence[tuple],
+    keep: np.ndarray,
+    target_ms: Sequence[float],
+    accuracy: tuple[float, float],
+) -> list[TargetReport]:
+    """One report per target: ``final`` holds its (before, after) measurements, ``accuracy`` (before, after)."""
+    return [
+        TargetReport(
+            target=t.profiler.url,
+            fingerprint=t.profiler.fingerprint,
+            backend=t.profiler.device.backend,
+            accelerator=t.profiler.device.accelerator,
+            latency_before_ms=b.median_ms,
+            latency_before_p10_ms=b.p10_ms,
+            latency_before_p90_ms=b.p90_ms,
+            latency_after_ms=a.median_ms,
+            latency_after_p10_ms=a.p10_ms,
+            latency_after_p90_ms=a.p90_ms,
+            predicted_after_ms=t.latency.predict(keep),
+            target_ms=goal,
+            speedup=b.median_ms / a.median_ms,
+            accuracy_before=accuracy[0],
+            accuracy_after=accuracy[1],
+            calibration_a=t.latency.calibration.a,
+            calibration_b=t.latency.calibration.b,
+            calibration_residuals=t.latency.calibration.residuals,
+            points_measured=t.profiler.measured_points,
+            points_cached=t.profiler.cached_points,
+        )
+        for t, (b, a), goal in zip(targets, final, target_ms, strict=True)
+    ]
+
+
+def staircase(latency: LatencyModel, graph: ModelGraph, channels_before: dict[str, tuple[int, int]]) -> dict | None:
+    """The slowest dense layer's row at its final cin, over cout up to its original count."""
+    per_layer = latency.layer_latency(graph.sizes)
+    dense = [i for i, lc in enumerate(graph.layers) if lc.shape.op == "conv2d" and lc.shape.groups != 0]
+    if not dense:
+        return None
+    layer = graph.layers[max(dense, key=lambda i: per_layer[i])]
+    original = channels_before[layer.name][1]
+    step = max(1, original // 32)
+    couts = sorted(set(range(step, original + 1, step)) | {layer.cout})
+    row = latency.row(layer.shape.key, layer.cin, couts)
+    return {
+        "layer": layer.name,
+        "shape": layer.shape.key,
+        "cin": layer.cin,
+        "chosen_cout": layer.cout,
+        "points": [[c, ms] for c, ms in zip(couts, row, strict=True)],
+    }
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
@@ -67,7 +129,9 @@ def write_report(
     onnx_bytes: bytes,
     staircase: dict | None,
     seconds: float,
+    graph: dict | None = None,
 ) -> Path:
+    """Write the run's outputs; ``graph`` notes what was held out of pruning or the latency model."""
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model, out / "model.pt")  # architecture + weights: the pruned shapes are not a registry model
     (out / "model.onnx").write_bytes(onnx_bytes)
@@ -84,6 +148,7 @@ def write_report(
             for name in channels_before
         },
         "staircase": staircase,
+        "graph": graph or {},
         "seconds": seconds,
     }
     (out / REPORT_JSON).write_text(json.dumps(body, indent=2))
@@ -137,6 +202,13 @@ def markdown(body: dict) -> str:
     for label, fmt in ROWS:
         lines.append(f"| {label} | " + " | ".join(fmt(t) for t in body["targets"]) + " |")
     lines += ["", "Latencies are medians measured by each target's profiler service, with [p10-p90].", ""]
+    graph = body.get("graph") or {}
+    if graph.get("held"):
+        lines += ["## Held out of pruning", "", "| group of | why |", "|---|---|"]
+        lines += [f"| {root} | {why} |" for root, why in graph["held"].items()] + [""]
+    if graph.get("unmodelled_weight_share", 0) > 0.01:
+        share = 100 * graph["unmodelled_weight_share"]
+        lines += [f"{share:.0f} % of the weights run outside the conv/linear layers the tables time.", ""]
     lines += ["## Channels per layer", "", "| layer | before (cin, cout) | after (cin, cout) |", "|---|---|---|"]
     for name, c in body["channels"].items():
         lines.append(f"| {name} | {tuple(c['before'])} | {tuple(c['after'])} |")

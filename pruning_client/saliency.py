@@ -37,6 +37,8 @@ class TaylorSaliency:
         self.batches = 0
 
     def _sources(self, group: ChannelGroup) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+        if group.held:  # never pruned, and its index mapping may be the reason
+            return []
         items = group.bns or group.producers  # BN gamma/beta where present, else the filters
         return [(self.graph.module(it.module), torch.as_tensor(it.idxs), torch.as_tensor(it.root_idxs)) for it in items]
 
@@ -69,7 +71,7 @@ def magnitude_saliency(graph: ModelGraph) -> list[np.ndarray]:
     out = []
     for group in graph.groups:
         total = torch.zeros(group.size, dtype=torch.float64)
-        for item in group.bns or group.producers:
+        for item in [] if group.held else group.bns or group.producers:
             weight = graph.module(item.module).weight.detach()
             per_channel = weight.abs() if weight.dim() == 1 else weight.reshape(weight.shape[0], -1).norm(dim=1)
             total.index_add_(0, torch.as_tensor(item.root_idxs), per_channel[torch.as_tensor(item.idxs)].double())

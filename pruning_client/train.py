@@ -6,12 +6,30 @@ model is wrapped and the loader's sampler is a ``DistributedSampler``.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+
+from pruning_client.ui import UI
+
+
+def free_cores() -> int:
+    """CPU threads training can use without fighting other work: this process's cores less the load.
+
+    On a busy machine torch's default (every core) makes its threads wait on each other: a 90 s demo
+    took 36 minutes under load. Read once, before a run loads the machine itself (the load average
+    would count its own threads). ``OMP_NUM_THREADS``, when set, is the user's choice and wins.
+    """
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - busy)))
 
 
 @dataclass
@@ -82,3 +100,17 @@ def train(
             i += 1
             if on_iteration:
                 on_iteration(i, total, loss.item())
+
+
+def train_with_progress(
+    model: nn.Module, loader: DataLoader, epochs: float, lr: float, ui: UI, what: str, pruner=None
+) -> None:
+    """``train`` with a progress bar named ``what``; a fractional ``epochs`` counts its bar in iterations."""
+    total = max(1, math.ceil(epochs * len(loader)))
+    ui.bar(what, what, 0, total)
+
+    def progress(i: int, _total: int, loss: float) -> None:
+        ui.bar(what, f"{what} (loss {loss:.3f})", i, total)
+
+    train(model, loader, TrainConfig(epochs=max(1, math.ceil(epochs)), lr=lr), pruner, progress)
+    ui.done(what)

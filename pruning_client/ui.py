@@ -8,9 +8,31 @@ seconds while it moves, and at its end.
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+
+class UI(Protocol):
+    """What a run reports while it works."""
+
+    def stage(self, text: str) -> None: ...
+
+    def bar(self, key: str, description: str, done: float, total: float | None) -> None: ...
+
+    def done(self, key: str) -> None: ...
+
+
+class SilentUI:
+    def stage(self, text: str) -> None:
+        pass
+
+    def bar(self, key: str, description: str, done: float, total: float | None) -> None:
+        pass
+
+    def done(self, key: str) -> None:
+        pass
 
 
 class RichUI:

@@ -9,56 +9,31 @@ result on every target and write the report.
 from __future__ import annotations
 
 import copy
-import math
+import os
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
 
-import numpy as np
 import torch
 from torch import nn
 
 from pruning_client.cache import TableCache
+from pruning_client.calibration import probe_keeps
 from pruning_client.data import Loaders, load_data
 from pruning_client.export import export_onnx
-from pruning_client.graph import ModelGraph, analyse, pruned_copy
-from pruning_client.latency import LatencyModel
+from pruning_client.graph import GraphError, ModelGraph, analyse, pruned_copy
+from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.models.registry import ModelError, build_model, load_weights
-from pruning_client.pruner import HALPPruner, PruneStep, block_sizes
+from pruning_client.prunability import hold_unprunable
+from pruning_client.pruner import HALPPruner, PruneStep
 from pruning_client.remote import ProfilerClient, RemoteTarget
-from pruning_client.report import TargetReport, write_report
+from pruning_client.repair import measured_ratios, repair_to_measured_budget
+from pruning_client.report import TargetReport, staircase, target_reports, write_report
 from pruning_client.saliency import magnitude_saliency
-from pruning_client.train import TrainConfig, evaluate, train
-
-T = TypeVar("T")
-DRIFT = 0.05  # refit a, b when a step's measured latency is this far from the prediction
-MAX_REPAIRS = 3
-PAIRS = 5  # side-by-side measurements per comparison; one ratio alone spread +-4 % on a 2-core VM
-HEADROOM = 0.96  # aim this far under the target, so the final comparison's spread stays under it
-
-
-class UI(Protocol):
-    """What a run reports while it works; the CLI draws it with rich."""
-
-    def stage(self, text: str) -> None: ...
-
-    def bar(self, key: str, description: str, done: float, total: float | None) -> None: ...
-
-    def done(self, key: str) -> None: ...
-
-
-class SilentUI:
-    def stage(self, text: str) -> None:
-        pass
-
-    def bar(self, key: str, description: str, done: float, total: float | None) -> None:
-        pass
-
-    def done(self, key: str) -> None:
-        pass
+from pruning_client.schedule import block_sizes
+from pruning_client.targets import Target, parallel
+from pruning_client.train import evaluate, free_cores, train_with_progress
+from pruning_client.ui import UI, SilentUI
 
 
 @dataclass
@@ -83,22 +58,7 @@ class RunSettings:
     seed: int = 0
     measure_steps: bool = True
     cache_dir: Path | None = None
-
-
-@dataclass
-class Target:
-    remote: RemoteTarget
-    latency: LatencyModel
-    samples: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (keep, measured ms)
-    before: object = None  # MeasureResult of the unpruned model
-
-
-def parallel(fn: Callable[[T], object], items: Sequence[T]) -> list:
-    """One thread per target: services measure independently, so their waits overlap."""
-    if len(items) <= 1:
-        return [fn(i) for i in items]
-    with ThreadPoolExecutor(len(items)) as pool:
-        return list(pool.map(fn, items))
+    fixed: list[str] = field(default_factory=list)  # modules whose output channels are never pruned
 
 
 def _input_shape(example: torch.Tensor) -> str:
@@ -118,6 +78,10 @@ class Run:
 
     # --- pieces --------------------------------------------------------------------------------
     def load(self) -> tuple[Loaders, nn.Module]:
+        threads = free_cores()
+        if threads != torch.get_num_threads():
+            self.ui.stage(f"training on {threads} CPU thread(s): the others are busy (load {os.getloadavg()[0]:.1f})")
+            torch.set_num_threads(threads)
         torch.manual_seed(self.s.seed)
         data = load_data(self.s.data, self.s.input_size, 64, self.s.seed)
         model = build_model(self.s.model, data.num_classes)
@@ -134,14 +98,7 @@ class Run:
             self._train(model, data, epochs, 0.05, "training the unpruned model")
 
     def _train(self, model: nn.Module, data: Loaders, epochs: float, lr: float, what: str, pruner=None) -> None:
-        total = max(1, math.ceil(epochs * len(data.train)))
-        self.ui.bar(what, what, 0, total)
-
-        def progress(i: int, _total: int, loss: float) -> None:
-            self.ui.bar(what, f"{what} (loss {loss:.3f})", i, total)
-
-        train(model, data.train, TrainConfig(epochs=max(1, math.ceil(epochs)), lr=lr), pruner, progress)
-        self.ui.done(what)
+        train_with_progress(model, data.train, epochs, lr, self.ui, what, pruner)
 
     def connect(self) -> list[RemoteTarget]:
         cache = TableCache(self.s.cache_dir) if self.s.cache_dir else TableCache()
@@ -164,28 +121,32 @@ class Run:
         """ONNX in the deployment dtype: exported once, then sent to every target."""
         return export_onnx(model, example, self.s.dtype)
 
-    def measure(self, target: Target, onnx_bytes: bytes, example: torch.Tensor):
-        return target.remote.measure(onnx_bytes, _input_shape(example))
+    def calibrate(self, targets: list[Target], model: nn.Module, graph: ModelGraph, example, deploy) -> bytes:
+        """Fit a, b per target on the unpruned model and copies thinned to 3/4 and 1/2; the unpruned ONNX."""
+        keeps = probe_keeps(graph.sizes, self.block_sizes(graph))
+        unpruned = self.export(model, deploy)
+        thinned = [self.export(pruned_copy(model, example, graph.first_channels(k)), deploy) for k in keeps[1:]]
+        probes = list(zip(keeps, [unpruned, *thinned], strict=True))
+        parallel(lambda t: t.calibrate(probes, _input_shape(deploy)), targets)
+        for t in targets:
+            cal = t.latency.calibration
+            errors = ", ".join(f"{100 * r:+.1f}" for r in cal.residuals)
+            self.ui.stage(
+                f"{t.profiler.url}: {t.before.median_ms:.3f} ms measured; fit a={cal.a:.3f} b={cal.b:.4f} "
+                f"(leave-one-out errors {errors} %)"
+            )
+        return unpruned
 
-    def side_by_side(self, target: Target, before: bytes, after: bytes, example: torch.Tensor):
-        """(before, after) measured alternately, median run of each: the ratio survives slow drift."""
-        pairs = [(self.measure(target, before, example), self.measure(target, after, example)) for _ in range(PAIRS)]
-        return tuple(sorted(side, key=lambda r: r.median_ms)[PAIRS // 2] for side in zip(*pairs, strict=True))
-
-    def calibrate(self, targets: list[Target], model: nn.Module, graph: ModelGraph, example, deploy) -> None:
-        """Fit a, b per target from the unpruned model and a copy thinned to about half its channels."""
-        blocks = self.block_sizes(graph)
-        half = np.array([min(s, max(b, (s // 2) // b * b)) for s, b in zip(graph.sizes, blocks, strict=True)])
-        thin = pruned_copy(model, example, graph.first_channels(half))
-        self.unpruned_onnx = self.export(model, deploy)
-        thin_onnx = self.export(thin, deploy)
-
-        def fit(t: Target) -> None:
-            t.before, thinned = self.side_by_side(t, self.unpruned_onnx, thin_onnx, deploy)
-            t.samples = [(graph.sizes.copy(), t.before.median_ms), (half, thinned.median_ms)]
-            t.latency.calibrate(t.samples)
-
-        parallel(fit, targets)
+    def analyse(self, model: nn.Module, example: torch.Tensor) -> ModelGraph:
+        """The graph to prune: ``--fixed`` modules held out, groups that break when pruned held."""
+        names = dict(model.named_modules())
+        unknown = [n for n in self.s.fixed if n not in names]
+        if unknown:
+            raise GraphError(f"--fixed: no module named {', '.join(unknown)} in {self.s.model}")
+        fixed = [names[n] for n in self.s.fixed]
+        graph = analyse(model.eval(), example, self.s.batch, self.s.dtype, ignored_layers=fixed)  # type: ignore[arg-type]
+        hold_unprunable(graph, example)
+        return graph
 
     def block_sizes(self, graph: ModelGraph) -> list[int]:
         return block_sizes(graph, self.s.block_size)
@@ -202,9 +163,13 @@ class Run:
         with torch.random.fork_rng():  # the run's random stream (init, data order) stays the seed's alone
             example = torch.randn(1, 3, size, size)
             deploy = torch.randn(self.s.batch, 3, size, size)
-        graph = analyse(model.eval(), example, batch=self.s.batch, dtype=self.s.dtype)  # type: ignore[arg-type]
+        graph = self.analyse(model, example)
         self.ui.stage(f"{len(graph.groups)} channel groups over {len(graph.layers)} conv/linear layers")
-        targets = [Target(r, LatencyModel(graph, r.tables())) for r in remotes]
+        for root, reason in graph.held.items():
+            self.ui.stage(f"held (keeps all its channels): the group of {root}: {reason}")
+        if (share := graph.unmodelled_weight_share) > 0.01:
+            self.ui.stage(f"{100 * share:.0f} % of the weights are outside the conv/linear calls the tables time")
+        targets = [Target(r, LatencyModel(graph, LatencyTables.of(r))) for r in remotes]
         parallel(lambda t: t.latency.table_sum(graph.sizes), targets)
         return graph, targets, example, deploy
 
@@ -234,10 +199,10 @@ class Run:
         elapsed = time.perf_counter() - start
         return [
             {
-                "target": t.remote.url,
-                "fingerprint": t.remote.fingerprint,
-                "points_measured": t.remote.measured_points,
-                "points_cached": t.remote.cached_points,
+                "target": t.profiler.url,
+                "fingerprint": t.profiler.fingerprint,
+                "points_measured": t.profiler.measured_points,
+                "points_cached": t.profiler.cached_points,
                 "seconds": elapsed,
             }
             for t in targets
@@ -252,98 +217,62 @@ class Run:
             self.pretrain(model, data)
             accuracy_before = evaluate(model, data.val)
             self.ui.stage(f"unpruned accuracy {accuracy_before:.2f} %")
-            self.calibrate(targets, model, graph, example, deploy)
-            for t in targets:
-                cal = t.latency.calibration
-                self.ui.stage(f"{t.remote.url}: {t.before.median_ms:.3f} ms measured; fit a={cal.a:.3f} b={cal.b:.4f}")
+            unpruned = self.calibrate(targets, model, graph, example, deploy)
             groups = [[t] for t in targets] if self.s.per_target else [targets]
             reports = []
             for i, group in enumerate(groups):
                 work = copy.deepcopy(model) if len(groups) > 1 else model
                 out = self.s.out / f"target{i}" if len(groups) > 1 else self.s.out
-                work_graph = graph if work is model else analyse(work.eval(), example, self.s.batch, self.s.dtype)  # type: ignore[arg-type]
-                reports += self._prune_for(group, work, work_graph, data, accuracy_before, example, deploy, out, start)
+                work_graph = graph if work is model else self.analyse(work, example)
+                reports += self._prune_for(
+                    group, work, work_graph, data, (accuracy_before, unpruned), (example, deploy), out, start
+                )
                 self.outputs.append(out)
             return reports
         finally:
             self.close()
 
-    def _prune_for(self, targets, model, graph, data, accuracy_before, example, deploy, out: Path, start: float):
+    def _prune_for(self, targets, model, graph, data, unpruned, inputs, out: Path, start: float):
+        """Prune ``model`` for ``targets`` jointly; ``unpruned`` is (accuracy, ONNX), ``inputs`` (example, deploy)."""
+        (accuracy_before, unpruned_onnx), (example, deploy) = unpruned, inputs
+        shape = _input_shape(deploy)
         for t in targets:  # a per-target copy has its own graph; the latency model follows it
             if t.latency.graph is not graph:
-                t.latency = LatencyModel(graph, t.remote.tables(), t.latency.calibration)
-        latencies = [t.latency for t in targets]
+                t.latency = LatencyModel(graph, t.latency.tables, t.latency.calibration)
         channels_before = {lc.name: (lc.cin, lc.cout) for lc in graph.layers}
         iterations = max(1, round(self.s.prune_epochs * len(data.train)))
-        pruner = HALPPruner(
-            model, example, latencies, self.s.latency_ratio, self.s.steps,
-            max(1, iterations // self.s.steps), self.block_sizes(graph),
-        )  # fmt: skip
         measured_steps: list[list[float]] = []
 
         def after_step(record: PruneStep) -> None:
-            label = f"step {record.step}/{self.s.steps}" if record.step <= self.s.steps else "repair step"
-            self.ui.stage(
-                f"{label}: budget "
-                + ", ".join(f"{b:.3f}" for b in record.budget_ms)
-                + " ms, predicted "
-                + ", ".join(f"{p:.3f}" for p in record.predicted_ms)
-                + f" ms, saliency kept {100 * record.saliency_kept:.1f} %"
-                + ("" if record.met else " (budget out of reach even with the finest blocks: kept the minimum)")
-            )
+            self.ui.stage(record.describe(self.s.steps))
             if self.s.measure_steps:
                 thin = self.export(pruner.thinned_copy(), deploy)
-                measured_steps.append([r.median_ms for r in parallel(lambda t: self.measure(t, thin, deploy), targets)])
-                self._refit(targets, pruner.keep_counts(), measured_steps[-1])
+                measured_steps.append(
+                    [r.median_ms for r in parallel(lambda t: t.profiler.measure(thin, shape), targets)]
+                )
+                for t, ms in zip(targets, measured_steps[-1], strict=True):
+                    if t.refit_if_drifted(pruner.keep_counts(), ms):
+                        cal = t.latency.calibration
+                        self.ui.stage(f"{t.profiler.url}: prediction drifted; refit a={cal.a:.3f} b={cal.b:.4f}")
 
-        hook = _StepHook(pruner, after_step)
-        self._train(model, data, self.s.prune_epochs, self.s.lr, "pruning with fine-tuning", hook)
+        pruner = HALPPruner(
+            model, example, [t.latency for t in targets], self.s.latency_ratio, self.s.steps,
+            max(1, iterations // self.s.steps), self.block_sizes(graph), on_step=after_step,
+        )  # fmt: skip
+        self._train(model, data, self.s.prune_epochs, self.s.lr, "pruning with fine-tuning", pruner)
         while not pruner.done:  # a short epoch can end before the schedule
-            after_step(pruner.prune_now())
-        for _ in range(MAX_REPAIRS):
-            # The model predicts the budget met; where a target measures more, aim lower by the miss.
-            thin = self.export(pruner.thinned_copy(), deploy)
-            pairs = parallel(lambda t, m=thin: self.side_by_side(t, self.unpruned_onnx, m, deploy), targets)
-            over = [a.median_ms / (b.median_ms * self.s.latency_ratio * HEADROOM) for b, a in pairs]
-            if max(over) <= 1.0:
-                break
-            budgets = [p / max(o, 1.0) for p, o in zip(pruner.predicted_ms(), over, strict=True)]
-            self.ui.stage(
-                f"measured {max(over):.3f}x the target: repair step to " + ", ".join(f"{b:.3f}" for b in budgets)
-            )
-            after_step(pruner.prune_now(budgets=budgets))
+            pruner.prune_now()
+        repair_to_measured_budget(
+            pruner, targets, unpruned_onnx, lambda: self.export(pruner.thinned_copy(), deploy),
+            self.s.latency_ratio, shape, self.ui.stage,
+        )  # fmt: skip
         pruned = pruner.finalize()
         self._train(pruned, data, self.s.epochs, self.s.lr, "fine-tuning the pruned model")
-        accuracy_after = evaluate(pruned, data.val)
         pruned_onnx = self.export(pruned, deploy)
-        final = parallel(lambda t: self.side_by_side(t, self.unpruned_onnx, pruned_onnx, deploy), targets)
-        keep = pruner.keep_counts()
+        final = measured_ratios(targets, unpruned_onnx, pruned_onnx, shape)
         final_graph = analyse(pruned.eval(), example, batch=self.s.batch, dtype=self.s.dtype)  # type: ignore[arg-type]
-        reports = [
-            TargetReport(
-                target=t.remote.url,
-                fingerprint=t.remote.fingerprint,
-                backend=t.remote.device.backend,
-                accelerator=t.remote.device.accelerator,
-                latency_before_ms=b.median_ms,
-                latency_before_p10_ms=b.p10_ms,
-                latency_before_p90_ms=b.p90_ms,
-                latency_after_ms=a.median_ms,
-                latency_after_p10_ms=a.p10_ms,
-                latency_after_p90_ms=a.p90_ms,
-                predicted_after_ms=t.latency.predict(keep),
-                target_ms=target_ms,
-                speedup=b.median_ms / a.median_ms,
-                accuracy_before=accuracy_before,
-                accuracy_after=accuracy_after,
-                calibration_a=t.latency.calibration.a,
-                calibration_b=t.latency.calibration.b,
-                calibration_residuals=t.latency.calibration.residuals,
-                points_measured=t.remote.measured_points,
-                points_cached=t.remote.cached_points,
-            )
-            for t, (b, a), target_ms in zip(targets, final, pruner.target_ms, strict=True)
-        ]
+        accuracy = (accuracy_before, evaluate(pruned, data.val))
+        reports = target_reports(targets, final, pruner.keep_counts(), pruner.target_ms, accuracy)
         write_report(
             out,
             settings=self.s,
@@ -354,47 +283,8 @@ class Run:
             channels_after={lc.name: (lc.cin, lc.cout) for lc in final_graph.layers},
             model=pruned,
             onnx_bytes=pruned_onnx,
-            staircase=self._staircase(targets[0], final_graph, channels_before),
+            staircase=staircase(targets[0].latency, final_graph, channels_before),
             seconds=time.perf_counter() - start,
+            graph={"held": graph.held, "unmodelled_weight_share": graph.unmodelled_weight_share},
         )
         return reports
-
-    def _refit(self, targets: list[Target], keep: np.ndarray, measured: list[float]) -> None:
-        for t, ms in zip(targets, measured, strict=True):
-            t.samples.append((keep.copy(), ms))
-            if abs(t.latency.predict(keep) - ms) > DRIFT * ms:
-                t.latency.calibrate(t.samples)
-                cal = t.latency.calibration
-                self.ui.stage(f"{t.remote.url}: prediction drifted; refit a={cal.a:.3f} b={cal.b:.4f}")
-
-    def _staircase(self, target: Target, graph: ModelGraph, channels_before: dict[str, tuple[int, int]]):
-        """The slowest dense layer's row at its final cin, over cout up to its original count."""
-        latency = target.latency.layer_latency(graph.sizes)
-        dense = [i for i, lc in enumerate(graph.layers) if lc.shape.op == "conv2d" and lc.shape.groups != 0]
-        if not dense:
-            return None
-        layer = graph.layers[max(dense, key=lambda i: latency[i])]
-        original = channels_before[layer.name][1]
-        step = max(1, original // 32)
-        couts = sorted(set(range(step, original + 1, step)) | {layer.cout})
-        target.latency.tables.require({layer.shape.key: {(layer.cin, c) for c in couts}})
-        row = target.latency.tables.points[layer.shape.key]
-        return {
-            "layer": layer.name,
-            "shape": layer.shape.key,
-            "cin": layer.cin,
-            "chosen_cout": layer.cout,
-            "points": [[c, row[(layer.cin, c)]] for c in couts],
-        }
-
-
-class _StepHook:
-    """Passes ``step()`` to the pruner and reports each pruning step it takes."""
-
-    def __init__(self, pruner: HALPPruner, on_step: Callable[[PruneStep], None]) -> None:
-        self.pruner, self.on_step = pruner, on_step
-
-    def step(self) -> None:
-        record = self.pruner.step()
-        if record is not None:
-            self.on_step(record)

@@ -20,6 +20,18 @@ from pruning_client.demo import free_port
 CONV = "conv2d-k3x3-s1x1-p1x1-d1x1-g1-h28w28-b1-fp32"
 
 
+def halp(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """The ``halp`` CLI as a user runs it: a fresh process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pruning_client.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def cache_env(tmp_path: Path, name: str) -> dict:
+    """This environment with a client table cache of its own, so runs do not share cached points."""
+    return {**os.environ, "HALP_CACHE_DIR": str(tmp_path / name)}
+
+
 @dataclass
 class ServiceProcess:
     """A real ``halp serve`` on 127.0.0.1; restartable on the same database."""

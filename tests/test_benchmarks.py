@@ -59,22 +59,53 @@ def live_in_group(pgid: int) -> list[int]:
     return live
 
 
+def check_knapsack(body: dict) -> None:
+    for instance in body["instances"]:
+        assert all(r["budget_met"] for r in instance["results"]), instance["instance"]
+        (ours,) = [r for r in instance["results"] if r["solver"] == "halp solve"]
+        assert ours["value_vs_milp"] >= 1 - 1e-6, instance["instance"]  # exact: never below HiGHS
+    assert all(i["budgets_met"] and i["value_vs_milp"] >= 1 - 1e-6 for i in body["several_targets"]["instances"])
+
+
+def check_latency_model(body: dict) -> None:
+    for model in body["models"]:
+        assert model["calibration"]["a"] > 0 and model["configs"], model["model"]
+        assert all(c["measured_ms"] > 0 and c["predicted_ms"] > 0 for c in model["configs"])
+
+
+def check_budget(body: dict) -> None:
+    for run in body["runs"]:  # the tables' prediction meets each budget; the measured ratio is noise-bound
+        report = run["report"]
+        assert report["predicted_after_ms"] <= report["target_ms"] * (1 + 1e-6), run["latency_ratio"]
+        assert 0 < run["measured_ratio"] < 1
+
+
+def check_hardware_awareness(body: dict) -> None:
+    for method, summary in body["summary"].items():
+        assert 0 < summary["saliency_kept"]["mean"] <= 1 and 0 < summary["measured_ratio"]["mean"] < 1, method
+
+
+def check_profiling_cost(body: dict) -> None:
+    assert body["points_measured"] > 0 and body["recheck_points"] > 0 and body["seconds"] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "script,key",
+    "script,check",
     [
-        ("knapsack", "instances"),
-        ("latency_model", "models"),
-        ("budget", "runs"),
-        ("hardware_awareness", "summary"),
-        ("profiling_cost", "points_measured"),
+        ("knapsack", check_knapsack),
+        ("latency_model", check_latency_model),
+        ("budget", check_budget),
+        ("hardware_awareness", check_hardware_awareness),
+        ("profiling_cost", check_profiling_cost),
     ],
 )
-def test_quick_benchmark_writes_results(script, key, tmp_path):
+def test_quick_benchmark_writes_results(script, check, tmp_path):
     done = run(script, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     body = json.loads((tmp_path / f"{script}-quick.json").read_text())
-    assert body["quick"] and body["machine"]["cores"] and body[key]
+    assert body["quick"] and body["machine"]["cores"]
+    check(body)
 
 
 @pytest.mark.slow

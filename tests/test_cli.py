@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
-from tests.conftest import CONV
+import httpx
 
-
-def halp(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pruning_client.cli", *args], capture_output=True, text=True, timeout=300
-    )
+from tests.conftest import CONV, halp
 
 
 def test_lut_measures_prints_and_plots(service, tmp_path):
@@ -22,7 +19,12 @@ def test_lut_measures_prints_and_plots(service, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     shown = halp("lut", CONV, "--target", service.url)  # stored table, no measuring
-    assert shown.returncode == 0 and "0." in shown.stdout
+    assert shown.returncode == 0, shown.stderr
+    stored = httpx.get(f"{service.url}/lut/{CONV}").json()["points"]
+    row16 = next(line for line in shown.stdout.splitlines() if re.match(r"\W*16\b", line))
+    printed = [float(v) for v in re.findall(r"\d+\.\d{4}", row16)]
+    expected = [round(p["median_ms"], 4) for p in sorted(stored, key=lambda p: p["cout"]) if p["cin"] == 16]
+    assert printed == expected  # the stored medians, in cout order
 
 
 def test_user_mistakes_are_one_line_errors(service):

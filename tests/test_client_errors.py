@@ -6,7 +6,6 @@ import http.server
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from pruning_client.remote import ProfilerClient, ProfilerError
+from tests.conftest import halp
 
 SHAPE = "conv2d-k3x3-s1x1-p1x1-d1x1-g1-h8w8-b1-fp32"
 DEVICE = {"fingerprint": "f" * 16, "backend": "stub", "backend_version": "0", "accelerator": "none"}
@@ -53,12 +53,6 @@ def canned() -> Iterator[type[Canned]]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield Canned
     server.shutdown()
-
-
-def halp(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pruning_client.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pruning_client.data import DataError, load_data
-from tests.test_workflow import cache_env, halp
+from tests.conftest import cache_env, halp
 
 CLASSES = ("zero", "one", "two")
 

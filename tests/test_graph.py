@@ -6,10 +6,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from pruning_client.export import export_onnx
-from pruning_client.graph import analyse, prune_groups
+from pruning_client.graph import GraphError, analyse, prune_groups
 from pruning_client.models import MODELS
 
 
@@ -189,3 +190,24 @@ def test_user_ignored_layers_stay_fixed():
     graph = analyse(model, torch.randn(1, 3, 8, 8), ignored_layers=[model.trunk[0]])
     assert "trunk.0" in graph.fixed_layers
     assert all(g.root != "trunk.0" for g in graph.groups)
+
+
+def test_string_paddings_become_explicit_and_an_even_same_is_named():
+    model = nn.Sequential(nn.Conv2d(3, 8, 5, padding="same", dilation=2), nn.Conv2d(8, 8, 3, padding="valid"))
+    graph = analyse(model, torch.randn(1, 3, 16, 16))
+    assert [lc.shape.padding for lc in graph.layers] == [(4, 4), (0, 0)]
+    even = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 4, padding="same"))
+    with pytest.raises(GraphError, match=r"^1 \(Conv2d\): padding='same' with an even kernel"):
+        analyse(even, torch.randn(1, 3, 16, 16))
+
+
+def test_a_dependency_graph_crash_is_a_graph_error_that_names_the_way_out(monkeypatch):
+    """Torch-Pruning crashed inside on torchvision's ShuffleNetV2 (ZeroDivisionError) and Swin
+    (TypeError); the small versions in tests/architectures.py do not trigger it, so it is simulated."""
+
+    def crash(*args, **kwargs):
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", crash)
+    with pytest.raises(GraphError, match="ZeroDivisionError.*--fixed MODULE"):
+        analyse(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), torch.randn(1, 3, 8, 8))

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from profiler_service.local_target import LocalTarget
 from profiler_service.timing import TimingPolicy
+from pruning_client.export import export_onnx
 from pruning_client.graph import analyse, pruned_copy
 from pruning_client.latency import LatencyModel, LatencyTables, MissingPoints
-from pruning_client.local import LocalProfiler
 from pruning_client.models import resnet20
 
 BLOCK = 8  # ONNX Runtime's CPU kernels work on 8-channel blocks (NCHWc): HALP prunes in such blocks
@@ -21,7 +22,7 @@ def setup():
     model = resnet20(10).eval()
     x = torch.randn(1, 3, 32, 32)
     graph = analyse(model, x)
-    profiler = LocalProfiler("onnxruntime", threads=1, policy=TimingPolicy(warmup_ms=10, max_ms=500))
+    profiler = LocalTarget("onnxruntime", threads=1, policy=TimingPolicy(warmup_ms=10, max_ms=500))
     return model, x, graph, profiler
 
 
@@ -37,11 +38,11 @@ def test_prediction_matches_side_by_side_measurement(setup):
     on a single sample); interleaving the configurations spreads machine drift over all of them.
     """
     model, x, graph, profiler = setup
-    latency = LatencyModel(graph, profiler.tables())
+    latency = LatencyModel(graph, LatencyTables.of(profiler))
     rng = np.random.default_rng(0)
     configs = [graph.sizes] + [random_keep(rng, graph.sizes) for _ in range(10)]
     thin = [pruned_copy(model, x, graph.first_channels(keep)) for keep in configs]
-    rounds = np.array([[profiler.measure_model(m, x) for m in thin] for _ in range(5)])
+    rounds = np.array([[profiler.measure(export_onnx(m, x)).median_ms for m in thin] for _ in range(5)])
     measured = np.median(rounds, axis=0)
 
     fit = latency.calibrate(list(zip(configs[:3], measured[:3], strict=True)))

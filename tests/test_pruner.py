@@ -7,12 +7,12 @@ import onnx
 import pytest
 import torch
 
+from profiler_service.local_target import LocalTarget
 from profiler_service.timing import TimingPolicy
 from pruning_client.data import digits
 from pruning_client.export import export_onnx
 from pruning_client.graph import ModelGraph, analyse
 from pruning_client.latency import LatencyModel, LatencyTables
-from pruning_client.local import LocalProfiler
 from pruning_client.models import resnet20, resnext50_32x4d
 from pruning_client.pruner import HALPPruner, exponential_budgets
 from pruning_client.saliency import magnitude_saliency
@@ -37,10 +37,10 @@ def halp_run() -> dict:
 
     x = torch.randn(1, 3, 32, 32)
     graph = analyse(model, x)
-    profiler = LocalProfiler("onnxruntime", threads=1, policy=TimingPolicy(warmup_ms=5, max_ms=300, rel_tol=0.02))
+    profiler = LocalTarget("onnxruntime", threads=1, policy=TimingPolicy(warmup_ms=5, max_ms=300, rel_tol=0.02))
     # Uncalibrated: a fit to two whole-model timings taken during a noise burst can put the intercept
     # above half the total, and then no pruning reaches the budget; calibration has its own tests.
-    latency = LatencyModel(graph, profiler.tables())
+    latency = LatencyModel(graph, LatencyTables.of(profiler))
     pruner = HALPPruner(model, x, latency, target_ratio=0.5, steps=8, interval=5, block_size=8)
     train(model, data.train, TrainConfig(epochs=2, lr=0.02), pruner=pruner)
     done = pruner.done
@@ -137,3 +137,16 @@ def test_resnext_groups_are_pruned_alike_in_every_conv_group():
         lc.shape.check_point(int(cin), int(cout))
     assert pruned.get_submodule("stages.0.0.body.3").groups == 32
     onnx.checker.check_model(onnx.load_model_from_string(export_onnx(pruned, x)))
+
+
+def test_every_step_and_repair_step_reaches_on_step_with_its_line():
+    model = resnet20(10)
+    x, graph, latency = synthetic(model)
+    seen = []
+    pruner = HALPPruner(model, x, latency, target_ratio=0.6, steps=2, interval=1, block_size=8, on_step=seen.append)
+    for _ in range(2):
+        pruner.prune_now(magnitude_saliency(graph))
+    pruner.prune_now(budgets=[0.9 * pruner.predicted_ms()[0]])  # a repair step after the schedule
+    assert seen == pruner.history and len(seen) == 3
+    assert seen[0].describe(2).startswith("step 1/2: budget ") and seen[2].describe(2).startswith("repair step")
+    assert seen[2].predicted_ms[0] <= seen[2].budget_ms[0] < seen[1].predicted_ms[0]

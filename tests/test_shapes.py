@@ -27,7 +27,7 @@ dtypes = st.sampled_from(DTYPES)
 
 @st.composite
 def conv_shapes(draw) -> LayerShape:
-    k = (draw(st.integers(1, 15)), draw(st.integers(1, 15)))
+    k = (draw(st.integers(1, 32)), draw(st.integers(1, 32)))
     d = (draw(st.integers(1, 16)), draw(st.integers(1, 16)))
     p = (draw(st.integers(0, 64)), draw(st.integers(0, 64)))
     # the input must cover the dilated kernel, or the output is empty (rejected)
@@ -38,10 +38,10 @@ def conv_shapes(draw) -> LayerShape:
         batch=draw(st.integers(1, 4096)),
         dtype=draw(dtypes),
         kernel=k,
-        stride=(draw(st.integers(1, 8)), draw(st.integers(1, 8))),
+        stride=(draw(st.integers(1, 32)), draw(st.integers(1, 32))),
         padding=p,
         dilation=d,
-        groups=draw(st.integers(0, 16384)),
+        groups=draw(st.integers(0, 65536)),
         height=h,
         width=w,
     )
@@ -74,8 +74,8 @@ def test_junk_raises_only_invalid_layer_shape(text: str):
     [
         "conv2d-k3x3-s1x1-p1x1-d1x1-g1-h56w56-b256-fp64",  # dtype
         "conv2d-k03x3-s1x1-p1x1-d1x1-g1-h56w56-b256-fp16",  # leading zero: not canonical
-        "conv2d-k16x3-s1x1-p1x1-d1x1-g1-h56w56-b256-fp16",  # kernel > 15
-        "conv2d-k3x3-s9x1-p1x1-d1x1-g1-h56w56-b256-fp16",  # stride > 8
+        "conv2d-k33x3-s1x1-p1x1-d1x1-g1-h56w56-b256-fp16",  # kernel > 32
+        "conv2d-k3x3-s33x1-p1x1-d1x1-g1-h56w56-b256-fp16",  # stride > 32
         "conv2d-k3x3-s1x1-p1x1-d1x1-g1-h4097w56-b256-fp16",  # spatial > 4096
         "conv2d-k3x3-s1x1-p1x1-d1x1-g1-h56w56-b4097-fp16",  # batch > 4096
         "conv2d-k3x3-s1x1-p1x1-d1x1-g0-h56w56-b1-fp16",  # g0
@@ -92,11 +92,11 @@ def test_limits_and_spelling_are_enforced(key: str):
 
 def test_points_are_checked_against_the_shape():
     dense = parse_shape("conv2d-k3x3-s1x1-p1x1-d1x1-g1-h8w8-b1-fp32")
-    dense.check_point(1, 16384)
+    dense.check_point(1, 65536)  # a VGG classifier's 25,088 inputs fit
     with pytest.raises(InvalidPoint):
         dense.check_point(0, 8)
     with pytest.raises(InvalidPoint):
-        dense.check_point(8, 16385)
+        dense.check_point(8, 65537)
     with pytest.raises(InvalidPoint, match="cin == cout"):
         parse_shape("conv2d-k3x3-s1x1-p1x1-d1x1-gdw-h8w8-b1-fp32").check_point(8, 16)
     with pytest.raises(InvalidPoint, match="multiples of 4"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,20 +13,8 @@ import pytest
 import torch
 
 from pruning_client.models import resnet20
-from tests.conftest import ServiceProcess
+from tests.conftest import ServiceProcess, cache_env, halp
 from tests.test_remote import metric
-
-
-def halp(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pruning_client.cli", *args], capture_output=True, text=True, timeout=900, env=env
-    )
-
-
-def cache_env(tmp_path, name: str) -> dict:
-    import os
-
-    return {**os.environ, "HALP_CACHE_DIR": str(tmp_path / name)}
 
 
 def test_profile_asks_only_for_missing_points(service, tmp_path):
@@ -99,6 +86,7 @@ def test_prune_mistakes_are_clear_errors(service, tmp_path):
         (("--data", str(tmp_path / "nope")), "neither 'digits' nor an existing directory"),
         (("--latency-ratio", "1.5"), "latency-ratio"),
         (("--dtype", "int4"), "--dtype"),
+        (("--model", "resnet20", "--fixed", "stem.0,no.such"), "--fixed: no module named no.such"),
     ]:
         out = halp("prune", "--target", service.url, *args, "--out", str(tmp_path / "x"))
         assert out.returncode == 2, (args, out.stderr)

@@ -122,12 +122,4 @@ async def measure_model(request: Request, svc: ServiceState = Depends(service)) 
         stats, resolved = await run_in_threadpool(svc.measurer.model, path, shapes)
     finally:
         path.unlink(missing_ok=True)
-    return MeasureResult(
-        fingerprint=svc.device.fingerprint,
-        backend=svc.device.backend,
-        median_ms=stats.median_ms,
-        p10_ms=stats.p10_ms,
-        p90_ms=stats.p90_ms,
-        runs=stats.runs,
-        input_shapes=resolved,
-    )
+    return MeasureResult.of(svc.device, stats, resolved)

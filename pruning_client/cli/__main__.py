@@ -1,0 +1,3 @@
+from pruning_client.cli import main
+
+main()

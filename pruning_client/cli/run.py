@@ -1,0 +1,188 @@
+"""``halp profile``, ``halp prune``, ``halp report`` and ``halp demo``: the pruning workflow's commands."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pruning_client.cli.app import app, console, err, fail
+from pruning_client.model_names import MODEL_NAMES
+from pruning_client.remote import ProfilerError
+from pruning_client.ui import RichUI
+
+MODEL_HELP = f"reference model ({', '.join(sorted(MODEL_NAMES))}) or module:factory"
+DATA_HELP = "digits (scikit-learn, no download) or an ImageNet-style folder with train/ and val/"
+DTYPES = ("fp32", "fp16")
+
+# Options that `profile` and `prune` share: one declaration each.
+Targets = Annotated[list[str], typer.Option(metavar="URL", help="profiler service URL; repeat for several targets")]
+ModelName = Annotated[str, typer.Option(help=MODEL_HELP)]
+Weights = Annotated[Path, typer.Option(help="trained weights (state_dict or saved model; trusted files only)")]
+InputSize = Annotated[int, typer.Option(help="input height = width (default 32 for digits, else 224)")]
+Batch = Annotated[int, typer.Option(help="deployment batch size the latency is measured at")]
+Dtype = Annotated[str, typer.Option(help="deployment precision: fp32 or fp16")]
+Ratio = Annotated[float, typer.Option(help="target latency / original latency, on every target")]
+BlockSize = Annotated[
+    int,
+    typer.Option(
+        help="channels per block (default: per group, multiples of 8; grouped convs: whole channels per conv group)"
+    ),
+]
+Token = Annotated[str, typer.Option(help="bearer token (default: HALP_API_TOKEN)")]
+Fixed = Annotated[str, typer.Option(metavar="MODULE[,MODULE]", help="modules whose output channels are never pruned")]
+
+
+def _modules(text: str | None) -> list[str]:
+    return [m.strip() for m in (text or "").split(",") if m.strip()]
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise fail(f"--dtype must be one of {', '.join(DTYPES)}")
+
+
+def run_errors():
+    """User mistakes and unreachable services as one-line errors, never tracebacks."""
+    from pruning_client.data import DataError
+    from pruning_client.graph import GraphError
+    from pruning_client.knapsack import Infeasible
+    from pruning_client.models.registry import ModelError
+
+    return (ProfilerError, ModelError, DataError, GraphError, Infeasible, ValueError, FileNotFoundError)
+
+
+@app.command()
+def profile(
+    target: Targets,
+    model: ModelName = "resnet18",
+    weights: Weights = None,
+    data: Annotated[
+        str, typer.Option(help="digits (32x32 inputs, 10 classes) or imagenet-style (224, 1000)")
+    ] = "digits",
+    input_size: InputSize = None,
+    batch: Batch = 1,
+    dtype: Dtype = "fp32",
+    latency_ratio: Ratio = 0.5,
+    steps: Annotated[int, typer.Option(help="pruning steps of the run to prepare")] = 10,
+    block_size: BlockSize = None,
+    fixed: Fixed = None,
+    token: Token = None,
+) -> None:
+    """Measure on every target the table points a pruning run of this model will need.
+
+    Rehearses the pruning schedule with weight-magnitude saliency (no data, no
+    training) and asks each service only for the points that are missing, so a
+    later `halp prune` with the same settings finds its tables ready.
+    """
+    from pruning_client.workflow import Run, RunSettings
+
+    _check_dtype(dtype)
+    settings = RunSettings(
+        targets=target, model=model, weights=weights, data=data, input_size=input_size, batch=batch, dtype=dtype,
+        latency_ratio=latency_ratio, steps=steps, block_size=block_size, token=token, fixed=_modules(fixed),
+    )  # fmt: skip
+    try:
+        with RichUI(err) as ui:
+            rows = Run(settings, ui).profile()
+    except run_errors() as e:
+        raise fail(str(e)) from None
+    grid = Table("target", "fingerprint", "points measured", "points already stored", "seconds")
+    for r in rows:
+        grid.add_row(
+            r["target"], r["fingerprint"], str(r["points_measured"]), str(r["points_cached"]), f"{r['seconds']:.0f}"
+        )
+    console.print(grid)
+
+
+@app.command()
+def prune(
+    target: Targets,
+    model: ModelName = "resnet18",
+    weights: Weights = None,
+    latency_ratio: Ratio = 0.5,
+    data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
+    input_size: InputSize = None,
+    batch: Batch = 1,
+    dtype: Dtype = "fp32",
+    steps: Annotated[int, typer.Option(help="pruning steps (exponential budget schedule)")] = 10,
+    epochs: Annotated[int, typer.Option(help="fine-tuning epochs after the last pruning step")] = 3,
+    pretrain_epochs: Annotated[
+        int, typer.Option(help="train from scratch first (default 8 for digits without --weights)")
+    ] = None,
+    prune_epochs: Annotated[float, typer.Option(help="training epochs over which the pruning steps are spread")] = 1.0,
+    lr: Annotated[float, typer.Option(help="learning rate while pruning and fine-tuning")] = 0.02,
+    block_size: BlockSize = None,
+    fixed: Fixed = None,
+    per_target: Annotated[bool, typer.Option(help="one model per target instead of one meeting every budget")] = False,
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("halp-out"),
+    token: Token = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Prune a model until its latency, measured by each target's service, meets the budget.
+
+    Writes model.pt, model.onnx, report.json, report.md and plots to --out.
+    """
+    from pruning_client.workflow import Run, RunSettings
+
+    _check_dtype(dtype)
+    settings = RunSettings(
+        targets=target, model=model, weights=weights, latency_ratio=latency_ratio, data=data, input_size=input_size,
+        batch=batch, dtype=dtype, steps=steps, epochs=epochs, pretrain_epochs=pretrain_epochs,
+        prune_epochs=prune_epochs, lr=lr, block_size=block_size, per_target=per_target, out=out, token=token,
+        seed=seed, fixed=_modules(fixed),
+    )  # fmt: skip
+    try:
+        with RichUI(err) as ui:
+            run = Run(settings, ui)
+            run.prune()
+    except run_errors() as e:
+        raise fail(str(e)) from None
+    for directory in run.outputs:  # --per-target writes one report per target
+        _print_report(directory)
+
+
+def _print_report(directory: Path) -> None:
+    from pruning_client.report import ROWS, load_report
+
+    body = load_report(directory)
+    grid = Table("", *(t["target"] for t in body["targets"]), title=f"HALP report: {directory}")
+    for label, fmt in ROWS:
+        grid.add_row(label, *(fmt(t) for t in body["targets"]))
+    console.print(grid)
+    console.print(f"outputs in {directory}: model.pt, model.onnx, report.json, report.md, plots")
+
+
+@app.command()
+def report(directory: Annotated[Path, typer.Argument(help="the --out directory of a finished halp prune")]) -> None:
+    """Print the report of a finished run as a table."""
+    try:
+        _print_report(directory)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise fail(str(e)) from None
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("halp-demo"),
+    latency_ratio: Annotated[float, typer.Option(help="target latency / original latency")] = 0.5,
+) -> None:
+    """The embedded default: a local CPU profiler, a ResNet-20 trained on the digits, pruned to half its latency.
+
+    Starts `halp serve` on a free loopback port (stopped again at the end, on
+    failure or Ctrl-C), trains, prunes with HALP, fine-tunes, and prints the
+    measured latency and test accuracy before and after. A few minutes on 2 cores.
+    """
+    from pruning_client.demo import run_demo
+
+    start = time.perf_counter()
+    try:
+        with RichUI(err) as ui:
+            run_demo(out, ui, latency_ratio)
+    except (*run_errors(), RuntimeError) as e:
+        raise fail(str(e)) from None
+    _print_report(out)
+    console.print(f"time spent: {time.perf_counter() - start:.0f} s")
