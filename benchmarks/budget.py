@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import parse_args, save_plot, write
+from common import label_axes, parse_args, save_plot, write
 
 from pruning_client.demo import local_service
 from pruning_client.plots import pyplot
@@ -59,10 +59,7 @@ def main() -> None:
         ax.plot(*zip(*pts, strict=True), "o-", label=f"measured after / before {flags or '(default blocks)'}")
     ax.plot(ratios, ratios, "k:", label="target r")
     ax.plot(ratios, [1.05 * r for r in ratios], "r--", label="r x 1.05")
-    ax.set_xlabel("--latency-ratio r")
-    ax.set_ylabel("measured latency ratio")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    label_axes(ax, "--latency-ratio r", "measured latency ratio")
     save_plot(fig, args.out, "budget", args.quick)
 
 

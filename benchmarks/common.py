@@ -53,6 +53,14 @@ def write(out: Path, name: str, body: dict, quick: bool) -> Path:
     return path
 
 
+def label_axes(ax, xlabel: str, ylabel: str) -> None:
+    """Axis labels, legend and a light grid: every benchmark plot's finish."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(alpha=0.3)
+
+
 def save_plot(fig, out: Path, name: str, quick: bool) -> Path:
     """The figure beside the JSON of the same run (same name, same -quick suffix)."""
     from pruning_client.plots import save_figure

@@ -17,10 +17,11 @@ from profiler_service.backends import create_backend
 from profiler_service.local_target import LocalTarget
 from profiler_service.shapes import parse_shape
 from profiler_service.timing import TimingPolicy, measure
-from pruning_client.graph import analyse, pruned_copy
+from pruning_client.graph import analyse
 from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.models import resnet50
 from pruning_client.plots import pyplot
+from pruning_client.thinning import pruned_copy
 
 POLICY = TimingPolicy(warmup_ms=50, max_ms=2000)
 

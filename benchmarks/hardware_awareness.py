@@ -24,13 +24,14 @@ from pruning_client.cache import TableCache
 from pruning_client.data import digits
 from pruning_client.demo import local_service
 from pruning_client.export import export_onnx
-from pruning_client.graph import analyse, pruned_copy
+from pruning_client.graph import analyse
 from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.models import resnet20
 from pruning_client.plots import pyplot
 from pruning_client.pruner import HALPPruner
 from pruning_client.remote import ProfilerClient, RemoteTarget
 from pruning_client.saliency import TaylorSaliency
+from pruning_client.thinning import pruned_copy
 from pruning_client.train import TrainConfig, evaluate, train
 
 BLOCK = 8
@@ -81,7 +82,7 @@ def flops_tables() -> LatencyTables:
     )
 
 
-def run_seed(seed: int, target: RemoteTarget, epochs: int, finetune: int, ratio: float) -> dict:
+def run_seed(seed: int, target: RemoteTarget, epochs: int, finetune: int, ratio: float, quick: bool) -> dict:
     torch.manual_seed(seed)
     data = digits(32, 64, seed=seed)
     model = resnet20(10)
@@ -103,7 +104,7 @@ def run_seed(seed: int, target: RemoteTarget, epochs: int, finetune: int, ratio:
     halp_keep = knapsack_choice(model, x, latency, importance, ratio)
     goal = latency.predict(halp_keep)
     flops = LatencyModel(graph, flops_tables())
-    knobs = np.linspace(0.1, 1.0, 46)
+    knobs = np.linspace(0.1, 1.0, 10 if quick else 46)  # quick: a coarser search, fewer table points
     flops_keep = closest_under(
         lambda r: (k := knapsack_choice(model, x, flops, importance, r), latency.predict(k)), goal, knobs
     )
@@ -121,7 +122,7 @@ def run_seed(seed: int, target: RemoteTarget, epochs: int, finetune: int, ratio:
         pruned = pruned_copy(model, x, top)
         kept = sum(float(importance[g.id][top[g.root]].sum()) for g in graph.groups) / total
         train(pruned, data.train, TrainConfig(epochs=finetune, lr=0.02))
-        pairs = [(target.measure(unpruned, shape).median_ms, measure(pruned)) for _ in range(5)]
+        pairs = [(target.measure(unpruned, shape).median_ms, measure(pruned)) for _ in range(3 if quick else 5)]
         before, after = np.median([p[0] for p in pairs]), np.median([p[1] for p in pairs])
         results[name] = {
             "channels": keep.tolist(),
@@ -147,7 +148,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         with local_service(Path(tmp) / "service") as url, ProfilerClient(url) as client:
             target = RemoteTarget(client, TableCache(Path(tmp) / "cache"))
-            runs = [run_seed(s, target, epochs, finetune, args.ratio) for s in seeds]
+            runs = [run_seed(s, target, epochs, finetune, args.ratio, args.quick) for s in seeds]
     summary = {}
     for method in ("halp", "flops", "uniform"):
         summary[method] = {

@@ -14,16 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import parse_args, save_plot, write
+from common import label_axes, parse_args, save_plot, write
 
 from pruning_client.cache import TableCache
 from pruning_client.demo import local_service
 from pruning_client.export import export_onnx
-from pruning_client.graph import analyse, pruned_copy
+from pruning_client.graph import analyse
 from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.models import MODELS
 from pruning_client.plots import pyplot
 from pruning_client.remote import ProfilerClient, RemoteTarget
+from pruning_client.thinning import pruned_copy
 
 BLOCK = 8
 MEASUREMENTS = 3
@@ -101,10 +102,7 @@ def main() -> None:
         )
     lim = max(max(c["measured_ms"], c["predicted_ms"]) for r in results for c in r["configs"]) * 1.05
     ax.plot([0, lim], [0, lim], "k:", label="predicted = measured")
-    ax.set_xlabel("measured by the CPU service (ms)")
-    ax.set_ylabel("predicted a * sum(tables) + b (ms)")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    label_axes(ax, "measured by the CPU service (ms)", "predicted a * sum(tables) + b (ms)")
     save_plot(fig, args.out, "latency_model", args.quick)
 
 

@@ -11,10 +11,9 @@ where ``k_g`` is the number of channels group g keeps.
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,12 +22,10 @@ import torch_pruning as tp
 from torch import nn
 
 from profiler_service.shapes import Dtype, LayerShape
+from pruning_client.analysis_limits import AnalysisLimits, AnalysisTooLarge, Guard, bounded
+from pruning_client.layers import GraphError, conv_groups, is_depthwise, layer_shape, trace_calls
 
 ExampleInputs = torch.Tensor | tuple[torch.Tensor, ...]
-
-
-class GraphError(ValueError):
-    """A model that cannot be analysed (no conv/linear, unsupported layer)."""
 
 
 @dataclass
@@ -138,102 +135,6 @@ def _as_tuple(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
     return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
 
 
-def _trace_calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[list[tuple[str, tuple]], set[str]]:
-    """Input sizes of every conv/linear call, and the layers whose output reaches a model output.
-
-    Output layers are found on the autograd graph: walk back from each output
-    through parameter-free ops until a conv/linear is met. Their output
-    channels are the network's answer (classes, boxes) and must stay fixed.
-    """
-    names = {m: n for n, m in model.named_modules()}
-    calls: list[tuple[str, tuple]] = []
-    grad_fn_owner: dict[object, str] = {}
-
-    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        calls.append((names[module], tuple(args[0].shape)))
-        if output.grad_fn is not None:
-            grad_fn_owner[output.grad_fn] = names[module]
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    try:
-        with torch.enable_grad():
-            outputs = model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    flat = [t for t in _flatten(outputs) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
-    output_layers: set[str] = set()
-    stack, seen = [t.grad_fn for t in flat], set()
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        if fn in grad_fn_owner:
-            output_layers.add(grad_fn_owner[fn])
-            continue
-        stack.extend(next_fn for next_fn, _ in fn.next_functions)
-    return calls, output_layers
-
-
-def _flatten(obj: object) -> Iterable[object]:
-    if isinstance(obj, list | tuple):
-        for o in obj:
-            yield from _flatten(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _flatten(o)
-    else:
-        yield obj
-
-
-def _is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
-
-
-def _grouped(m: nn.Module) -> int:
-    """Conv groups of a grouped (not depthwise) conv, else 1."""
-    return m.groups if isinstance(m, nn.Conv2d) and m.groups > 1 and not _is_depthwise(m) else 1
-
-
-def layer_shape(module: nn.Module, input_size: tuple, batch: int, dtype: Dtype) -> LayerShape:
-    if isinstance(module, nn.Linear):
-        tokens = int(np.prod(input_size[1:-1])) if len(input_size) > 2 else 1
-        return LayerShape(op="linear", batch=batch, dtype=dtype, tokens=tokens)
-    assert isinstance(module, nn.Conv2d)
-    padding = _explicit_padding(module)
-    if module.groups > 1 and module.groups == module.out_channels != module.in_channels:
-        # Torch-Pruning takes groups == out_channels for depthwise and would cut its input like its output
-        raise GraphError(
-            f"conv with groups={module.groups} ({module.in_channels}->{module.out_channels}) is not supported: "
-            "only depthwise convs may have groups == out_channels"
-        )
-    return LayerShape(
-        op="conv2d",
-        batch=batch,
-        dtype=dtype,
-        kernel=tuple(module.kernel_size),  # type: ignore[arg-type]
-        stride=tuple(module.stride),  # type: ignore[arg-type]
-        padding=padding,
-        dilation=tuple(module.dilation),  # type: ignore[arg-type]
-        groups=0 if _is_depthwise(module) else module.groups,
-        height=int(input_size[2]),
-        width=int(input_size[3]),
-    )
-
-
-def _explicit_padding(module: nn.Conv2d) -> tuple[int, int]:
-    """The symmetric padding a conv runs with: ``"valid"`` is none, ``"same"`` half the dilated kernel."""
-    if module.padding == "valid":
-        return (0, 0)
-    if module.padding != "same":
-        return tuple(module.padding)  # type: ignore[return-value]
-    reach = [d * (k - 1) for k, d in zip(module.kernel_size, module.dilation, strict=True)]
-    if any(r % 2 for r in reach):
-        raise GraphError("padding='same' with an even kernel pads one side more, which a layer shape cannot say")
-    return (reach[0] // 2, reach[1] // 2)
-
-
 def analyse(
     model: nn.Module,
     example_inputs: ExampleInputs,
@@ -254,17 +155,23 @@ def _analyse(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], batch: int | None, dtype: Dtype, ignored_layers
 ) -> ModelGraph:
     batch = batch or int(inputs[0].shape[0])
-    calls, output_layers = _trace_calls(model, inputs)
+    calls, output_layers = trace_calls(model, inputs)
     if not calls:
         raise GraphError("the model runs no nn.Conv2d or nn.Linear: nothing to prune")
     names = {m: n for n, m in model.named_modules()}
     fixed = set(output_layers) | {names[m] for m in ignored_layers}
+    guard = Guard()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), bounded(AnalysisLimits.from_env()) as guard:
             warnings.simplefilter("ignore")
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
-        tp_groups = list(dg.get_all_groups(ignored_layers=[model.get_submodule(n) for n in fixed]))
-    except Exception as e:  # noqa: BLE001 - the dependency graph fails deep inside on what it cannot map
+            tp_groups = list(dg.get_all_groups(ignored_layers=[model.get_submodule(n) for n in fixed]))
+    except (AnalysisTooLarge, Exception) as e:  # noqa: BLE001 - it fails deep inside on what it cannot map
+        if guard.tripped:
+            raise GraphError(
+                f"the dependency-graph analysis was stopped: {guard.tripped}; window attention can make its group "
+                "search explode: hold those blocks out of pruning with --fixed MODULE[,MODULE]"
+            ) from None
         raise GraphError(
             f"the dependency graph cannot follow this model's channels ({type(e).__name__}: {str(e)[:200]}); "
             "hold the part that fails out of pruning with --fixed MODULE"
@@ -297,11 +204,11 @@ def _analyse(
                 if is_out:
                     group.producers.append(entry)
                     group.maskable.append(entry)
-                    if _is_depthwise(module):  # one pruner handles both sides of a depthwise conv
+                    if is_depthwise(module):  # one pruner handles both sides of a depthwise conv
                         in_terms.setdefault(entry.module, {})[group.id] = factor
-                if (conv_groups := _grouped(module)) > 1:
+                if (split := conv_groups(module)) > 1:
                     _check_grouped_side(group, entry, module, is_out)
-                    group.chunks = math.lcm(group.chunks, conv_groups)
+                    group.chunks = math.lcm(group.chunks, split)
         if size % group.chunks:
             raise GraphError(f"group {group.root}: {size} channels do not split into {group.chunks} equal chunks")
         group.held = _incoherent(group, model)
@@ -355,34 +262,3 @@ def _check_grouped_side(group: ChannelGroup, entry: GroupItem, module: nn.Conv2d
             f"grouped conv {entry.module} (groups={module.groups}) takes part of a concatenation or a reordered "
             "group, which is not supported"
         )
-
-
-def prune_groups(graph: ModelGraph, remove: dict[int, np.ndarray]) -> nn.Module:
-    """Physically remove channels (indices in each group's own numbering) from ``graph.model``."""
-    for gid, idxs in remove.items():
-        if len(idxs) == 0:
-            continue
-        group = graph.groups[gid]
-        if len(idxs) >= group.size:
-            raise GraphError(f"group {gid} ({group.root}) would lose all {group.size} channels")
-        root = graph.module(group.root)
-        handler = graph.dg.get_pruner_of_module(root).prune_out_channels
-        graph.dg.get_pruning_group(root, handler, sorted(int(i) for i in idxs)).prune()
-    return graph.model
-
-
-def pruned_copy(
-    model: nn.Module,
-    example_inputs: ExampleInputs,
-    keep: dict[str, np.ndarray],
-    ignored_layers: Sequence[str] = (),
-) -> nn.Module:
-    """A physically thinned deep copy; ``keep`` maps a group's root module name to the channels it keeps."""
-    clone = copy.deepcopy(model)
-    graph = analyse(clone, example_inputs, ignored_layers=[clone.get_submodule(n) for n in ignored_layers])
-    by_root = {g.root: g for g in graph.groups}
-    remove = {}
-    for root, kept in keep.items():
-        group = by_root[root]
-        remove[group.id] = np.setdiff1d(np.arange(group.size), kept)
-    return prune_groups(graph, remove)

@@ -15,19 +15,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from pruning_client.graph import ChannelGroup, ExampleInputs, ModelGraph, pruned_copy
+from pruning_client.graph import ChannelGroup, ExampleInputs, ModelGraph
+from pruning_client.layers import flatten
+from pruning_client.thinning import pruned_copy
 
 log = logging.getLogger("halp.prunability")
 
 
 def _shapes(output: object) -> list[tuple[int, ...]]:
-    if isinstance(output, torch.Tensor):
-        return [tuple(output.shape)]
-    if isinstance(output, list | tuple):
-        return [s for o in output for s in _shapes(o)]
-    if isinstance(output, dict):
-        return [s for o in output.values() for s in _shapes(o)]
-    return []
+    return [tuple(t.shape) for t in flatten(output) if isinstance(t, torch.Tensor)]
 
 
 def hold_unprunable(graph: ModelGraph, example_inputs: ExampleInputs) -> list[ChannelGroup]:

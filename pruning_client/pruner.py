@@ -19,13 +19,15 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from pruning_client.graph import ExampleInputs, GraphError, prune_groups, pruned_copy
+from pruning_client.graph import ExampleInputs
 from pruning_client.knapsack import Infeasible, solve
 from pruning_client.latency import LatencyModel
+from pruning_client.layers import GraphError
 from pruning_client.masks import MaskHooks
 from pruning_client.prunability import hold_unprunable
 from pruning_client.saliency import TaylorSaliency
 from pruning_client.schedule import block_sizes, exponential_budgets
+from pruning_client.thinning import prune_groups, pruned_copy
 
 MAX_TIGHTENING = 30
 log = logging.getLogger("halp.pruner")

@@ -43,6 +43,9 @@ class TargetReport:
     calibration_a: float
     calibration_b: float
     calibration_residuals: list[float]
+    # (measured - sum of the layer tables) / measured, unpruned: what runs outside the timed layers
+    # (attention, norms, pooling) net of what fusion saves; large means the intercept carries much
+    latency_outside_tables: float
     points_measured: int
     points_cached: int
 
@@ -79,6 +82,7 @@ def target_reports(
             calibration_a=t.latency.calibration.a,
             calibration_b=t.latency.calibration.b,
             calibration_residuals=t.latency.calibration.residuals,
+            latency_outside_tables=1 - t.latency.table_sum(t.latency.graph.sizes) / b.median_ms,
             points_measured=t.profiler.measured_points,
             points_cached=t.profiler.cached_points,
         )
@@ -183,6 +187,7 @@ ROWS = [
     ("speedup", lambda t: f"{t['speedup']:.2f}x"),
     ("accuracy before (%)", lambda t: f"{t['accuracy_before']:.2f}"),
     ("accuracy after (%)", lambda t: f"{t['accuracy_after']:.2f}"),
+    ("outside the layer tables", lambda t: f"{100 * t.get('latency_outside_tables', 0.0):+.0f} %"),
     ("device", lambda t: f"{t['backend']} on {t['accelerator']} ({t['fingerprint']})"),
     ("table points measured / cached", lambda t: f"{t['points_measured']} / {t['points_cached']}"),
 ]  # fmt: skip

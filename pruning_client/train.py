@@ -18,17 +18,17 @@ from torch.utils.data import DataLoader
 from pruning_client.ui import UI
 
 
-def free_cores() -> int:
+def free_cores(load: float | None = None) -> int:
     """CPU threads training can use without fighting other work: this process's cores less the load.
 
     On a busy machine torch's default (every core) makes its threads wait on each other: a 90 s demo
-    took 36 minutes under load. Read once, before a run loads the machine itself (the load average
-    would count its own threads). ``OMP_NUM_THREADS``, when set, is the user's choice and wins.
+    took 36 minutes under load. ``load`` is the 1-minute load average, read before a run loads the
+    machine itself (it would count its own threads); ``OMP_NUM_THREADS``, when set, wins.
     """
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    busy = load if load is not None else os.getloadavg()[0]
     return max(1, min(cores, round(cores - busy)))
 
 

@@ -21,8 +21,9 @@ from pruning_client.cache import TableCache
 from pruning_client.calibration import probe_keeps
 from pruning_client.data import Loaders, load_data
 from pruning_client.export import export_onnx
-from pruning_client.graph import GraphError, ModelGraph, analyse, pruned_copy
+from pruning_client.graph import ModelGraph, analyse
 from pruning_client.latency import LatencyModel, LatencyTables
+from pruning_client.layers import GraphError
 from pruning_client.models.registry import ModelError, build_model, load_weights
 from pruning_client.prunability import hold_unprunable
 from pruning_client.pruner import HALPPruner, PruneStep
@@ -32,6 +33,7 @@ from pruning_client.report import TargetReport, staircase, target_reports, write
 from pruning_client.saliency import magnitude_saliency
 from pruning_client.schedule import block_sizes
 from pruning_client.targets import Target, parallel
+from pruning_client.thinning import pruned_copy
 from pruning_client.train import evaluate, free_cores, train_with_progress
 from pruning_client.ui import UI, SilentUI
 
@@ -78,10 +80,6 @@ class Run:
 
     # --- pieces --------------------------------------------------------------------------------
     def load(self) -> tuple[Loaders, nn.Module]:
-        threads = free_cores()
-        if threads != torch.get_num_threads():
-            self.ui.stage(f"training on {threads} CPU thread(s): the others are busy (load {os.getloadavg()[0]:.1f})")
-            torch.set_num_threads(threads)
         torch.manual_seed(self.s.seed)
         data = load_data(self.s.data, self.s.input_size, 64, self.s.seed)
         model = build_model(self.s.model, data.num_classes)
@@ -90,6 +88,13 @@ class Run:
         elif self.s.pretrain_epochs is None and self.s.data != "digits":
             raise ModelError("give --weights (a trained model) or --pretrain-epochs to train from scratch")
         return data, model
+
+    def fit_threads(self, busy_before: float) -> None:
+        """Train on the cores other work leaves free (``busy_before``: the load average before this run)."""
+        threads = free_cores(busy_before)
+        if threads != torch.get_num_threads():
+            self.ui.stage(f"training on {threads} CPU thread(s): the others are busy (load {busy_before:.1f})")
+            torch.set_num_threads(threads)
 
     def pretrain(self, model: nn.Module, data: Loaders) -> None:
         """Train from scratch when no weights were given (8 epochs on the digits by default)."""
@@ -210,10 +215,11 @@ class Run:
 
     # --- halp prune ----------------------------------------------------------------------------
     def prune(self) -> list[TargetReport]:
-        start = time.perf_counter()
+        start, busy = time.perf_counter(), os.getloadavg()[0]  # read before this run loads the machine itself
         data, model = self.load()
         try:
             graph, targets, example, deploy = self.setup(model, data.input_size)
+            self.fit_threads(busy)
             self.pretrain(model, data)
             accuracy_before = evaluate(model, data.val)
             self.ui.stage(f"unpruned accuracy {accuracy_before:.2f} %")

@@ -250,6 +250,39 @@ class Swin(nn.Module):
         return self.head(self.stage2(self.merge(x)).mean((1, 2)))
 
 
+# --- MaxViT: MBConv, then attention in local blocks and in a dilated grid ----------------------
+class PartitionAttention(nn.Module):
+    """Self-attention over 2x2 partitions of a (B, C, H, W) map: local blocks, or a grid across it."""
+
+    def __init__(self, dim: int, heads: int, grid: bool) -> None:
+        super().__init__()
+        self.heads, self.grid = heads, grid
+        self.norm, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p = 2
+        if self.grid:  # (B, C, p, H/p, p, W/p): tokens of a partition are H/p apart
+            t = x.view(b, c, p, h // p, p, w // p).permute(0, 3, 5, 2, 4, 1)
+        else:
+            t = x.view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+        t = t.reshape(-1, p * p, c)
+        q, k, v = self.qkv(self.norm(t)).reshape(t.shape[0], p * p, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        y = self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(t.shape[0], p * p, c))
+        if self.grid:
+            y = y.view(b, h // p, w // p, p, p, c).permute(0, 5, 3, 1, 4, 2).reshape(b, c, h, w)
+        else:
+            y = y.view(b, h // p, w // p, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
+        return x + y
+
+
+def maxvit() -> nn.Module:
+    body = nn.Sequential(
+        InvertedResidualSE(16), PartitionAttention(16, 2, grid=False), PartitionAttention(16, 2, grid=True)
+    )
+    return Classifier(conv_bn(3, 16, 3, 4), body, 16)
+
+
 # --- VGG at 224x224: a classifier input of 512 x 7 x 7 ----------------------------------------
 class VGGHead(nn.Module):
     """A VGG classifier's shape at 224x224 (flatten of 512x7x7 into a linear) on a small body."""
@@ -274,4 +307,5 @@ FAMILIES = {
     "vit": (ViT, 32),
     "swin": (Swin, 32),
     "vgg_224_head": (VGGHead, 56),
+    "maxvit": (maxvit, 32),
 }

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pruning_client.data import DataError, load_data
-from tests.conftest import cache_env, halp
+from tests.conftest import assert_steps_met_their_budgets, cache_env, halp
 
 CLASSES = ("zero", "one", "two")
 
@@ -79,13 +79,12 @@ def test_halp_prune_takes_an_image_folder(service, tmp_path):
     out = tmp_path / "run"
     result = halp(
         "prune", "--model", "resnet20", "--target", service.url, "--data", str(root), "--input-size", "32",
-        "--pretrain-epochs", "3", "--steps", "2", "--epochs", "1", "--latency-ratio", "0.7", "--out", str(out),
+        "--pretrain-epochs", "1", "--steps", "2", "--epochs", "1", "--latency-ratio", "0.7", "--out", str(out),
         env=cache_env(tmp_path, "cache"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    (target,) = json.loads((out / "report.json").read_text())["targets"]
-    # the tables' prediction; the measured check is test_workflow's, on a quiet host (noise decides it here)
-    assert target["predicted_after_ms"] <= target["target_ms"] * (1 + 1e-6), target
+    # the budget as the tables price it; the measured check is test_workflow's, on a quiet host
+    assert_steps_met_their_budgets(json.loads((out / "report.json").read_text()))
     model = torch.load(out / "model.pt", weights_only=False)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)  # one output per class folder
 

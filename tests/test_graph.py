@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnx
 import pytest
@@ -10,8 +12,10 @@ import torch_pruning as tp
 from torch import nn
 
 from pruning_client.export import export_onnx
-from pruning_client.graph import GraphError, analyse, prune_groups
+from pruning_client.graph import analyse
+from pruning_client.layers import GraphError
 from pruning_client.models import MODELS
+from pruning_client.thinning import prune_groups
 
 
 class Concat(nn.Module):
@@ -211,3 +215,30 @@ def test_a_dependency_graph_crash_is_a_graph_error_that_names_the_way_out(monkey
     monkeypatch.setattr(tp.DependencyGraph, "build_dependency", crash)
     with pytest.raises(GraphError, match="ZeroDivisionError.*--fixed MODULE"):
         analyse(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), torch.randn(1, 3, 8, 8))
+
+
+def test_an_analysis_past_its_time_bound_stops_with_a_clear_error(monkeypatch):
+    from pruning_client.models import resnet50
+
+    monkeypatch.setenv("HALP_ANALYSIS_TIMEOUT_S", "0.3")  # ResNet-50's dependency graph takes over a second here
+    with pytest.raises(GraphError, match=r"stopped: it took over 0.3 s \(HALP_ANALYSIS_TIMEOUT_S\).*--fixed"):
+        analyse(resnet50(10), torch.randn(1, 3, 64, 64))
+
+
+class Hoarder(nn.Module):
+    """Keeps 64 MiB per forward pass, as a group search that explodes keeps its partial results."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.hoard = nn.Conv2d(3, 8, 3), []
+
+    def forward(self, x):
+        self.hoard.append(torch.ones(16 * 2**20))  # written, so resident
+        time.sleep(0.6)  # the bound is checked every 0.25 s
+        return self.conv(x)
+
+
+def test_an_analysis_past_its_memory_bound_stops_with_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HALP_ANALYSIS_MEMORY_MB", "32")
+    with pytest.raises(GraphError, match=r"grew by over 32 MiB \(HALP_ANALYSIS_MEMORY_MB\)"):
+        analyse(Hoarder(), torch.randn(1, 3, 8, 8))

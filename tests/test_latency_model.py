@@ -9,9 +9,10 @@ import torch
 from profiler_service.local_target import LocalTarget
 from profiler_service.timing import TimingPolicy
 from pruning_client.export import export_onnx
-from pruning_client.graph import analyse, pruned_copy
+from pruning_client.graph import analyse
 from pruning_client.latency import LatencyModel, LatencyTables, MissingPoints
 from pruning_client.models import resnet20
+from pruning_client.thinning import pruned_copy
 
 BLOCK = 8  # ONNX Runtime's CPU kernels work on 8-channel blocks (NCHWc): HALP prunes in such blocks
 

@@ -45,7 +45,7 @@ def halp_run() -> dict:
     train(model, data.train, TrainConfig(epochs=2, lr=0.02), pruner=pruner)
     done = pruner.done
     pruned = pruner.finalize()
-    train(pruned, data.train, TrainConfig(epochs=6, lr=0.05))  # fine-tune the smaller network
+    train(pruned, data.train, TrainConfig(epochs=4, lr=0.05))  # fine-tune the smaller network
     return {
         "x": x, "latency": latency, "pruner": pruner, "done": done, "pruned": pruned,
         "accuracy_before": accuracy_before, "accuracy_after": evaluate(pruned, data.val),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pruning_client.models import resnet20
-from tests.conftest import ServiceProcess, cache_env, halp
+from tests.conftest import ServiceProcess, assert_steps_met_their_budgets, cache_env, halp
 from tests.test_remote import metric
 
 
@@ -101,7 +101,7 @@ def test_per_target_prunes_one_model_per_target_and_reports_each(make_service, t
     out = tmp_path / "run"
     result = halp(
         "prune", "--model", "resnet20", "--target", first.url, "--target", second.url, "--per-target",
-        "--latency-ratio", "0.7", "--steps", "2", "--epochs", "1", "--pretrain-epochs", "2", "--out", str(out),
+        "--latency-ratio", "0.7", "--steps", "2", "--epochs", "1", "--pretrain-epochs", "1", "--out", str(out),
         env=cache_env(tmp_path, "cache"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -117,13 +117,12 @@ def test_several_targets_get_one_model_that_meets_every_budget(make_service, tmp
     out = tmp_path / "run"
     result = halp(
         "prune", "--model", "resnet20", "--target", first.url, "--target", second.url,
-        "--latency-ratio", "0.6", "--steps", "3", "--epochs", "1", "--pretrain-epochs", "2", "--out", str(out),
+        "--latency-ratio", "0.6", "--steps", "2", "--epochs", "1", "--pretrain-epochs", "1", "--out", str(out),
         env=cache_env(tmp_path, "cache"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
     assert [t["target"] for t in report["targets"]] == [first.url, second.url]
     assert len({t["fingerprint"] for t in report["targets"]}) == 2
-    for target in report["targets"]:  # one model.onnx, predicted within each target's own budget
-        assert target["predicted_after_ms"] <= target["target_ms"] * (1 + 1e-6), target
+    assert_steps_met_their_budgets(report)  # one model, within each target's own budget
     assert not (out / "target0").exists()

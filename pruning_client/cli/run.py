@@ -48,8 +48,8 @@ def _check_dtype(dtype: str) -> None:
 def run_errors():
     """User mistakes and unreachable services as one-line errors, never tracebacks."""
     from pruning_client.data import DataError
-    from pruning_client.graph import GraphError
     from pruning_client.knapsack import Infeasible
+    from pruning_client.layers import GraphError
     from pruning_client.models.registry import ModelError
 
     return (ProfilerError, ModelError, DataError, GraphError, Infeasible, ValueError, FileNotFoundError)
