@@ -104,7 +104,7 @@ def run_seed(seed: int, target: RemoteTarget, epochs: int, finetune: int, ratio:
     halp_keep = knapsack_choice(model, x, latency, importance, ratio)
     goal = latency.predict(halp_keep)
     flops = LatencyModel(graph, flops_tables())
-    knobs = np.linspace(0.1, 1.0, 10 if quick else 46)  # quick: a coarser search, fewer table points
+    knobs = np.linspace(0.1, 1.0, 7 if quick else 46)  # quick: a coarser search, fewer table points
     flops_keep = closest_under(
         lambda r: (k := knapsack_choice(model, x, flops, importance, r), latency.predict(k)), goal, knobs
     )
@@ -143,7 +143,7 @@ def main() -> None:
         parser.add_argument("--seeds", type=int, default=3, help="seeds (full run)")
 
     args = parse_args(__doc__, options)
-    seeds, epochs, finetune = ([0], 2, 1) if args.quick else (list(range(args.seeds)), 10, 6)
+    seeds, epochs, finetune = ([0], 1, 1) if args.quick else (list(range(args.seeds)), 10, 6)
     name = "hardware_awareness" + ("" if args.ratio == 0.5 else f"-r{args.ratio:g}")
     with tempfile.TemporaryDirectory() as tmp:
         with local_service(Path(tmp) / "service") as url, ProfilerClient(url) as client:

@@ -56,8 +56,9 @@ def start_worker(settings: Settings) -> Worker:
     """The measurement worker of this service; raises BackendUnavailable if its backend cannot run."""
     policy = TimingPolicy(max_ms=settings.timing_max_ms, rel_tol=settings.timing_rel_tol)
     config = WorkerConfig(
-        settings.backend, settings.threads, str(settings.cache_dir), settings.worker_memory_mb * 2**20, policy
-    )
+        settings.backend, settings.threads, str(settings.cache_dir), settings.worker_memory_mb * 2**20, policy,
+        settings.device_index,
+    )  # fmt: skip
     worker = Worker(config)
     worker.start()
     return worker

@@ -126,6 +126,7 @@ class DeviceInfo(BaseModel):
     memory_bytes: int = 0
     threads: int | None = None
     precisions: list[str] = []
+    precisions_refused: dict[str, str] = {}  # dtype -> why the probe layer did not build or run
     host: str = ""
 
 

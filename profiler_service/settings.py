@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     threads: int | None = Field(None, ge=1, le=1024, description="CPU backends: intra-op threads")
+    device_index: int = Field(0, ge=0, le=63, description="GPU backends: which GPU (one service per GPU)")
     api_token: SecretStr | None = Field(None, description="bearer token required on writes; empty means none")
     protect_reads: bool = Field(False, description="require the token on reads and /metrics too")
     max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1)

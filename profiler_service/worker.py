@@ -49,6 +49,7 @@ class WorkerConfig:
     cache_dir: str
     memory_bytes: int
     policy: TimingPolicy
+    device_index: int = 0
 
 
 def _rss_bytes(pid: int) -> int:
@@ -228,7 +229,7 @@ def _serve(conn: Connection) -> None:
     from profiler_service.backends import create_backend
 
     try:
-        backend = create_backend(config.backend, config.threads, Path(config.cache_dir))
+        backend = create_backend(config.backend, config.threads, Path(config.cache_dir), config.device_index)
         device = backend.device_json()  # the precision probe runs here, before any limit
     except BackendUnavailable as e:
         conn.send(("unavailable", str(e)))

@@ -52,7 +52,10 @@ def test_cpu_backends_time_every_layer_kind(name, key, cin, cout):
 def test_precisions_are_probed_not_assumed():
     assert "fp32" in create_backend("onnxruntime", threads=1).precisions
     assert "int8" in create_backend("onnxruntime", threads=1).precisions  # Q/DQ graph runs on ORT CPU
-    assert "int8" not in create_backend("torch-cpu", threads=1).precisions
+    torch_cpu = create_backend("torch-cpu", threads=1)
+    assert "int8" not in torch_cpu.precisions
+    refused = torch_cpu.device_json()["precisions_refused"]  # a dropped dtype says why, in /device
+    assert "int8" in refused and "UnsupportedModel" in refused["int8"] and "fp32" not in refused
 
 
 def test_threads_are_part_of_the_fingerprint():
@@ -99,3 +102,8 @@ def test_tensorrt_builds_and_times_a_strongly_typed_fp16_layer(tmp_path):
     stats = measure(runner.run_batch, QUICK)
     assert 0 < stats.median_ms < 1.0
     assert list(tmp_path.glob("trt-timing-*.cache"))  # the timing cache was merged and written
+
+
+def test_a_gpu_index_the_host_lacks_is_refused_by_name():
+    with pytest.raises(BackendUnavailable, match="no GPU 63" if HAS_CUDA else "CUDA"):
+        create_backend("torch-cuda", device_index=63)

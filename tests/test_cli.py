@@ -56,3 +56,14 @@ def test_read_only_store_is_one_line(tmp_path):
     assert out.returncode == 2, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "readonly" in lines[0] and str(db) in lines[0], out.stderr
+
+
+def test_help_shows_defaults_and_no_type_noise():
+    shown = halp("prune", "--help", timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())  # unwrapped
+    assert "<bool>" not in text and "--per-target / --no-per-target" in text
+    assert "--latency-ratio <float> target latency / original latency, on every target [default: 0.5]" in text
+    assert "--fixed MODULE[,MODULE]" in text and "--target URL" in text
+    serve = " ".join(halp("serve", "--help", timeout=60).stdout.split())
+    assert "(default 8000; env HALP_PORT)" in serve  # from the service's Settings, not restated

@@ -9,13 +9,15 @@ from profiler_service.backends.base import Backend, BackendUnavailable, Runner, 
 BACKEND_NAMES = ("tensorrt", "torch-cuda", "onnxruntime", "torch-cpu")  # auto tries them in this order
 
 
-def create_backend(name: str, threads: int | None = None, cache_dir: Path = Path(".")) -> Backend:
-    """Build the named backend, or with ``auto`` the first that works here."""
+def create_backend(
+    name: str, threads: int | None = None, cache_dir: Path = Path("."), device_index: int = 0
+) -> Backend:
+    """Build the named backend, or with ``auto`` the first that works here; GPU backends use ``device_index``."""
     if name == "auto":
         reasons = []
         for candidate in BACKEND_NAMES:
             try:
-                return create_backend(candidate, threads, cache_dir)
+                return create_backend(candidate, threads, cache_dir, device_index)
             except BackendUnavailable as e:
                 reasons.append(f"{candidate}: {e}")
         raise BackendUnavailable("no backend works here: " + "; ".join(reasons))
@@ -30,11 +32,11 @@ def create_backend(name: str, threads: int | None = None, cache_dir: Path = Path
     if name == "torch-cuda":
         from profiler_service.backends.torch_backend import TorchCudaBackend
 
-        return TorchCudaBackend()
+        return TorchCudaBackend(device_index)
     if name == "tensorrt":
         from profiler_service.backends.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(cache_dir=cache_dir)
+        return TensorRTBackend(cache_dir=cache_dir, device_index=device_index)
     raise BackendUnavailable(f"unknown backend {name!r}; choose auto or one of {', '.join(BACKEND_NAMES)}")
 
 

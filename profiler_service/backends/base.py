@@ -114,18 +114,22 @@ class Backend(ABC):
             runner.close()
 
     @cached_property
-    def precisions(self) -> tuple[str, ...]:
-        """Dtypes this backend really runs here, found by building a tiny layer of each."""
-        found = []
+    def precision_probe(self) -> dict[str, str | None]:
+        """Dtype -> None if this backend really runs it here (a tiny layer built and run), else why not."""
+        found: dict[str, str | None] = {}
         for dtype, shape in _PROBE_SHAPES.items():
             try:
                 runner = self.build_layer(shape, 8, 8)
                 runner.run_batch(1)
                 runner.close()
-            except Exception:  # noqa: BLE001 - any failure means "not supported here"
-                continue
-            found.append(dtype)
-        return tuple(found)
+                found[dtype] = None
+            except Exception as e:  # noqa: BLE001 - any failure means "not supported here": keep the reason
+                found[dtype] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        return found
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return tuple(d for d, why in self.precision_probe.items() if why is None)
 
     def device_json(self) -> dict[str, Any]:
         d = self.describe()
@@ -137,6 +141,7 @@ class Backend(ABC):
             "memory_bytes": d.memory_bytes,
             "threads": d.threads,
             "precisions": list(self.precisions),
+            "precisions_refused": {d: why for d, why in self.precision_probe.items() if why is not None},
             "host": platform.node(),
             **d.extra,
         }

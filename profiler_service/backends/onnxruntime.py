@@ -1,4 +1,8 @@
-"""ONNX Runtime backend: the CPU default, with the CUDA execution provider where present."""
+"""ONNX Runtime backend: the CPU default.
+
+CPU only: a GPU service is ``torch-cuda`` or ``tensorrt``, whose whole-model timing matches how their
+tables are timed; ORT's CUDA provider would time neither the same way nor name the GPU it runs on.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ _NUMPY_DTYPE = {
 
 
 class _SessionRunner:
-    def __init__(self, session, device: str, input_shapes: dict[str, list[int]] | None) -> None:
+    def __init__(self, session, input_shapes: dict[str, list[int]] | None) -> None:
         import onnxruntime as ort
 
         self._session = session
@@ -44,10 +48,10 @@ class _SessionRunner:
             if inp.type not in _NUMPY_DTYPE:
                 raise UnsupportedModel(f"input {inp.name!r} has unsupported type {inp.type}")
             data = rng.random(shape).astype(_NUMPY_DTYPE[inp.type])
-            value = ort.OrtValue.ortvalue_from_numpy(data, device, 0)  # input already on the device
+            value = ort.OrtValue.ortvalue_from_numpy(data, "cpu", 0)
             self._binding.bind_ortvalue_input(inp.name, value)
         for out in session.get_outputs():
-            self._binding.bind_output(out.name, device)
+            self._binding.bind_output(out.name, "cpu")
 
     def run_batch(self, k: int) -> float:
         run = self._session.run_with_iobinding
@@ -64,26 +68,18 @@ class _SessionRunner:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, threads: int | None = None, use_gpu: bool | None = None) -> None:
+    def __init__(self, threads: int | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
             raise BackendUnavailable(f"onnxruntime is not installed: {e}") from e
         self._ort = ort
-        available = ort.get_available_providers()
-        gpu = "CUDAExecutionProvider" in available if use_gpu is None else use_gpu
-        if gpu and "CUDAExecutionProvider" not in available:
-            raise BackendUnavailable("onnxruntime has no CUDAExecutionProvider here")
-        # On GPUs prefer ORT's TensorRT provider where it is built in, CUDA otherwise.
-        gpu_providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
-        self._providers = [*gpu_providers, "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
-        self._device = "cuda" if gpu else "cpu"
-        self.gpu = gpu
-        self.threads = None if gpu else (threads or os.cpu_count() or 1)
+        self._providers = ["CPUExecutionProvider"]
+        self.threads = threads or os.cpu_count() or 1
 
     def describe(self) -> DeviceDescription:
         return DeviceDescription(
-            accelerator="cuda" if self._device == "cuda" else cpu_name(),
+            accelerator=cpu_name(),
             memory_bytes=host_memory_bytes(),
             backend=self.name,
             backend_version=self._ort.__version__,
@@ -96,16 +92,15 @@ class OnnxRuntimeBackend(Backend):
         opts.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
         try:
             return self._ort.InferenceSession(onnx_bytes, opts, providers=self._providers)
         except Exception as e:  # ORT raises its own exception types for every model problem
             raise UnsupportedModel(f"onnxruntime cannot load the model: {e}") from e
 
     def build_layer(self, shape: LayerShape, cin: int, cout: int) -> _SessionRunner:
-        return _SessionRunner(self._session(layer_onnx(shape, cin, cout)), self._device, None)
+        return _SessionRunner(self._session(layer_onnx(shape, cin, cout)), None)
 
     def build_model(self, onnx_bytes: bytes, input_shapes: dict[str, list[int]] | None) -> _SessionRunner:
-        return _SessionRunner(self._session(onnx_bytes), self._device, input_shapes)
+        return _SessionRunner(self._session(onnx_bytes), input_shapes)

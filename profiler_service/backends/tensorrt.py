@@ -33,10 +33,21 @@ def _driver_version() -> str:
         return "unknown"
 
 
+def _random(torch, shape: list[int], dtype, device):
+    """Inputs like real data, in the tensor's own dtype: zeros can take kernels' shortcuts (sparsity,
+    denormal-free paths) that real activations never do."""
+    gen = torch.Generator().manual_seed(0)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen).to(device, dtype)
+    if dtype == torch.bool:
+        return (torch.rand(shape, generator=gen) > 0.5).to(device)
+    return torch.randint(0, 8, shape, generator=gen).to(device, dtype)
+
+
 class _EngineRunner:
     """Binds torch CUDA buffers to an execution context; replays it on a private stream."""
 
-    def __init__(self, trt, torch, engine, input_shapes: dict[str, list[int]] | None) -> None:
+    def __init__(self, trt, torch, engine, input_shapes: dict[str, list[int]] | None, device) -> None:
         self._torch, self._engine = torch, engine
         self._context = engine.create_execution_context()
         if self._context is None:
@@ -60,16 +71,16 @@ class _EngineRunner:
                 raise UnsupportedModel(f"input {name!r} has dynamic shape {shape}; pass its shape")
             if not self._context.set_input_shape(name, shape):
                 raise UnsupportedModel(f"TensorRT rejected shape {shape} for input {name!r}")
-            self._buffers[name] = torch.zeros(shape, dtype=dtypes[engine.get_tensor_dtype(name)], device="cuda")
+            self._buffers[name] = _random(torch, shape, dtypes[engine.get_tensor_dtype(name)], device)
         for name in names:
             if name not in self._buffers:
                 shape = list(self._context.get_tensor_shape(name))
-                self._buffers[name] = torch.empty(shape, dtype=dtypes[engine.get_tensor_dtype(name)], device="cuda")
+                self._buffers[name] = torch.empty(shape, dtype=dtypes[engine.get_tensor_dtype(name)], device=device)
         for name, buf in self._buffers.items():
             if not self._context.set_tensor_address(name, buf.data_ptr()):
                 raise UnsupportedModel(f"TensorRT rejected the address of tensor {name!r}")
         # Non-default stream: the default one costs extra synchronisation in execute_async_v3.
-        self._stream = torch.cuda.Stream()
+        self._stream = torch.cuda.Stream(device)
         self._start = torch.cuda.Event(enable_timing=True)
         self._end = torch.cuda.Event(enable_timing=True)
         self._enqueue()  # one un-captured run, as capture requires
@@ -124,8 +135,11 @@ class TensorRTBackend(Backend):
             raise BackendUnavailable(f"the TensorRT backend uses torch for CUDA buffers: {e}") from e
         if not torch.cuda.is_available():
             raise BackendUnavailable("no CUDA device for TensorRT")
-        torch.cuda.set_device(device_index)
+        if device_index >= torch.cuda.device_count():
+            raise BackendUnavailable(f"no GPU {device_index}: this host has {torch.cuda.device_count()}")
+        torch.cuda.set_device(device_index)  # TensorRT builds and runs on the current device
         self._trt, self._torch, self._device_index = trt, torch, device_index
+        self._device = torch.device("cuda", device_index)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._builder = trt.Builder(self._logger)
         self._runtime = trt.Runtime(self._logger)
@@ -198,7 +212,8 @@ class TensorRTBackend(Backend):
 
     def build_layer(self, shape: LayerShape, cin: int, cout: int) -> _EngineRunner:
         engine = self._engine(layer_onnx(shape, cin, cout), None)
-        return _EngineRunner(self._trt, self._torch, engine, None)
+        return _EngineRunner(self._trt, self._torch, engine, None, self._device)
 
     def build_model(self, onnx_bytes: bytes, input_shapes: dict[str, list[int]] | None) -> _EngineRunner:
-        return _EngineRunner(self._trt, self._torch, self._engine(onnx_bytes, input_shapes), input_shapes)
+        engine = self._engine(onnx_bytes, input_shapes)
+        return _EngineRunner(self._trt, self._torch, engine, input_shapes, self._device)

@@ -3,7 +3,9 @@
 At batch 1 a GPU layer timed alone is dominated by launch overhead (SPEC 4),
 so ``torch-cuda`` captures the layer ``GRAPH_REPEATS`` times into one CUDA
 graph, replays that graph and divides: what remains is the kernel time the
-deployed, graph-launched network pays.
+deployed, graph-launched network pays. Whole uploaded models (``/measure``)
+run the same way: their ONNX graph executed with torch's ops (``onnx_torch``),
+captured once into a CUDA graph on ``torch-cuda``, eagerly on ``torch-cpu``.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ def layer_module(shape: LayerShape, cin: int, cout: int):
 
 
 class _EagerRunner:
-    def __init__(self, module, x) -> None:
-        self._module, self._x = module, x
+    def __init__(self, call) -> None:
+        self._call = call  # one forward pass, its inputs bound
 
     def run_batch(self, k: int) -> float:
         import torch
@@ -64,11 +66,11 @@ class _EagerRunner:
         with torch.inference_mode():
             start = time.perf_counter()
             for _ in range(k):
-                self._module(self._x)
+                self._call()
             return (time.perf_counter() - start) * 1e3 / k
 
     def close(self) -> None:
-        self._module = self._x = None
+        self._call = None
 
 
 class TorchCpuBackend(Backend):
@@ -97,13 +99,20 @@ class TorchCpuBackend(Backend):
         dtype = _torch_dtype(self._torch, shape.dtype)
         module = layer_module(shape, cin, cout).to(dtype)
         x = self._torch.randn(layer_input_shape(shape, cin), dtype=dtype)
-        return _EagerRunner(module, x)
+        return _EagerRunner(lambda: module(x))
 
-    def build_model(self, onnx_bytes: bytes, input_shapes: dict[str, list[int]] | None):
-        # Whole uploaded models are ONNX; ONNX Runtime on the same threads runs them.
-        from profiler_service.backends.onnxruntime import OnnxRuntimeBackend
+    def build_model(self, onnx_bytes: bytes, input_shapes: dict[str, list[int]] | None) -> _EagerRunner:
+        graph = _torch_graph(self._torch, onnx_bytes, input_shapes, "cpu", channels_last=False)
+        inputs = graph.make_inputs("cpu")
+        return _EagerRunner(lambda: graph.run(inputs))
 
-        return OnnxRuntimeBackend(threads=self.threads, use_gpu=False).build_model(onnx_bytes, input_shapes)
+
+def _torch_graph(torch, onnx_bytes: bytes, input_shapes, device, channels_last: bool):
+    from profiler_service.backends.onnx_torch import TorchGraph
+
+    if not input_shapes:
+        raise UnsupportedModel("the torch backends need the model's input shapes (the service resolves them)")
+    return TorchGraph(torch, onnx_bytes, input_shapes, device, channels_last=channels_last)
 
 
 class _CudaGraphRunner:
@@ -137,6 +146,8 @@ class TorchCudaBackend(Backend):
             raise BackendUnavailable(f"torch is not installed: {e}") from e
         if not torch.cuda.is_available():
             raise BackendUnavailable("torch sees no CUDA device")
+        if device_index >= torch.cuda.device_count():
+            raise BackendUnavailable(f"no GPU {device_index}: this host has {torch.cuda.device_count()}")
         self._torch = torch
         self._device = torch.device("cuda", device_index)
         torch.backends.cudnn.benchmark = True
@@ -164,24 +175,27 @@ class TorchCudaBackend(Backend):
         module = layer_module(shape, cin, cout).to(self._device, dtype, memory_format=fmt)
         x = torch.randn(layer_input_shape(shape, cin), device=self._device, dtype=dtype)
         x = x.contiguous(memory_format=fmt)
+        return self._capture(lambda: module(x), GRAPH_REPEATS, (module, x))
+
+    def build_model(self, onnx_bytes: bytes, input_shapes: dict[str, list[int]] | None) -> _CudaGraphRunner:
+        """The uploaded graph with torch's ops in channels_last, as its layers' tables were timed."""
+        graph = _torch_graph(self._torch, onnx_bytes, input_shapes, self._device, channels_last=True)
+        inputs = graph.make_inputs(self._device)
+        return self._capture(lambda: graph.run(inputs), 1, (graph, inputs))
+
+    def _capture(self, call, repeats: int, keepalive: tuple) -> _CudaGraphRunner:
+        """``call`` warmed up on a side stream (cudnn.benchmark picks its algorithms), then captured
+        ``repeats`` times into one CUDA graph."""
+        torch = self._torch
         stream = torch.cuda.Stream(self._device)
         with torch.inference_mode():
             stream.wait_stream(torch.cuda.current_stream(self._device))
             with torch.cuda.stream(stream):
-                for _ in range(3):  # cudnn.benchmark picks its algorithm on the first calls
-                    module(x)
+                for _ in range(3):
+                    call()
             torch.cuda.current_stream(self._device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=stream):
-                for _ in range(GRAPH_REPEATS):
-                    y = module(x)
-        return _CudaGraphRunner(torch, graph, stream, GRAPH_REPEATS, (module, x, y))
-
-    def build_model(self, onnx_bytes: bytes, input_shapes: dict[str, list[int]] | None):
-        from profiler_service.backends.onnxruntime import OnnxRuntimeBackend
-
-        try:
-            ort_backend = OnnxRuntimeBackend(use_gpu=True)
-        except BackendUnavailable as e:
-            raise UnsupportedModel(f"torch-cuda measures whole models through ONNX Runtime's CUDA provider: {e}") from e
-        return ort_backend.build_model(onnx_bytes, input_shapes)
+                for _ in range(repeats):
+                    out = call()
+        return _CudaGraphRunner(torch, graph, stream, repeats, (*keepalive, out))

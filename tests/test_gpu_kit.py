@@ -1,0 +1,51 @@
+"""The GPU check's kit: its CPU rehearsal runs every part and writes the summary the GPU run will; the
+wheelhouse builder fetches what a GPU machine lacks and refuses a folder over the carry limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+KIT = Path(__file__).parent.parent / "deploy" / "gpu-check"
+PARTS = ["pytest-gpu", "benchmark", "prune", "tensorrt"]
+
+
+@pytest.mark.slow
+def test_the_cpu_rehearsal_runs_every_part_and_writes_the_summary(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(KIT / "run.sh"), "--cpu", str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [e["name"] for e in summary] == PARTS
+    assert all({"name", "status", "seconds"} <= e.keys() and e["seconds"] >= 0 for e in summary)
+    by_name = {e["name"]: e for e in summary}
+    assert by_name["pytest-gpu"]["status"] == "passed" and by_name["pytest-gpu"]["tests"] > 0
+    assert by_name["benchmark"]["status"] == "passed" and "staircase_wrong_way_share" in by_name["benchmark"]
+    prune = by_name["prune"]
+    assert prune["status"] == "passed" and 0 < prune["measured_ratio"] < 1 and prune["backend"] == "onnxruntime"
+    assert by_name["tensorrt"]["status"] == "skipped" and by_name["tensorrt"]["reason"]
+    assert "part" in done.stdout and all(name in done.stdout for name in PARTS)  # the table
+    for name in PARTS:
+        assert json.loads((tmp_path / f"{name}.json").read_text())["name"] == name
+
+
+@pytest.mark.slow
+def test_the_wheelhouse_holds_what_a_gpu_machine_lacks_within_the_carry_limit(tmp_path):
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    wheels = tmp_path / "wheels"
+    done = subprocess.run(["bash", str(KIT / "wheelhouse.sh"), python, str(wheels)], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = {p.name.split("-")[0].lower() for p in wheels.glob("*.whl")}
+    assert {"fastapi", "uvicorn", "sqlalchemy", "alembic", "typer", "torch_pruning", "scikit_learn"} <= names
+    assert not names & {"torch", "numpy", "scipy", "onnxruntime"}  # the machine has these: never carried
+    assert sum(p.stat().st_size for p in wheels.glob("*.whl")) < 48 * 2**20
+    over = subprocess.run(["bash", str(KIT / "wheelhouse.sh"), "--check", str(wheels)], capture_output=True,
+                          text=True, env={**os.environ, "HALP_WHEELHOUSE_LIMIT_MB": "1"})  # fmt: skip
+    assert over.returncode == 1 and "over 1 MiB" in over.stderr
