@@ -47,7 +47,7 @@ def plan_for(gpu: bool, quick: bool) -> Plan:
         policy = TimingPolicy(warmup_ms=50, max_ms=2000)
         return Plan("fp16", (1, 64), "resnet50", 224, couts, 3 if quick else 20, policy)
     policy = TimingPolicy(warmup_ms=5, max_ms=300, rel_tol=0.05)
-    return Plan("fp32", (1, 2), "resnet20", 32, list(range(8, 65, 8)), 3, policy)
+    return Plan("fp32", (1, 2), "resnet20", 32, list(range(8, 41, 8)), 2, policy)
 
 
 def staircase(backend, plan: Plan, batch: int) -> dict:

@@ -11,25 +11,29 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FAST_TIMING
+
 KIT = Path(__file__).parent.parent / "deploy" / "gpu-check"
 PARTS = ["pytest-gpu", "benchmark", "prune", "tensorrt"]
 
 
 @pytest.mark.slow
 def test_the_cpu_rehearsal_runs_every_part_and_writes_the_summary(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable}
+    env = {**os.environ, "PYTHON": sys.executable, **FAST_TIMING}
     done = subprocess.run(["bash", str(KIT / "run.sh"), "--cpu", str(tmp_path)], capture_output=True, text=True,
                           env=env, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    logs = "".join(f"\n--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(tmp_path.glob("*.log")))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:] + logs
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [e["name"] for e in summary] == PARTS
     assert all({"name", "status", "seconds"} <= e.keys() and e["seconds"] >= 0 for e in summary)
     by_name = {e["name"]: e for e in summary}
-    assert by_name["pytest-gpu"]["status"] == "passed" and by_name["pytest-gpu"]["tests"] > 0
-    assert by_name["benchmark"]["status"] == "passed" and "staircase_wrong_way_share" in by_name["benchmark"]
-    prune = by_name["prune"]
-    assert prune["status"] == "passed" and 0 < prune["measured_ratio"] < 1 and prune["backend"] == "onnxruntime"
-    assert by_name["tensorrt"]["status"] == "skipped" and by_name["tensorrt"]["reason"]
+    pytest_part, bench, prune, trt = (by_name[name] for name in PARTS)
+    assert pytest_part["status"] == "passed" and pytest_part["tests"] > 0, pytest_part
+    assert bench["status"] == "passed" and "staircase_wrong_way_share" in bench, bench
+    assert prune["status"] == "passed" and 0 < prune["measured_ratio"] < 1, prune
+    assert prune["backend"] == "onnxruntime", prune
+    assert trt["status"] == "skipped" and trt["reason"], trt
     assert "part" in done.stdout and all(name in done.stdout for name in PARTS)  # the table
     for name in PARTS:
         assert json.loads((tmp_path / f"{name}.json").read_text())["name"] == name

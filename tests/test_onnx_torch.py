@@ -93,3 +93,33 @@ def test_torch_cuda_whole_model_matches_the_eager_model_on_the_gpu():
     with torch.no_grad():
         expected = model.cuda()(x.cuda())
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("backend", ["torch-cuda", "tensorrt"])
+def test_a_gpu_service_measures_models_and_calibrates_a_latency_model(backend, make_service):
+    """POST /measure and calibration on each GPU backend, through a real service (on the GPU check)."""
+    if backend == "tensorrt":
+        pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install 'halp[tensorrt]')")
+    from pruning_client.graph import analyse
+    from pruning_client.latency import LatencyModel, LatencyTables
+    from pruning_client.remote import ProfilerClient, RemoteTarget
+    from pruning_client.targets import Target
+    from pruning_client.thinning import pruned_copy
+
+    svc = make_service(backend=backend)
+    torch.manual_seed(0)
+    model, x, deploy = resnet20(10).eval(), torch.randn(1, 3, 32, 32), torch.randn(16, 3, 32, 32)
+    graph = analyse(model, x, batch=16, dtype="fp16")
+    keeps = [graph.sizes, np.maximum(8, graph.sizes * 3 // 4 // 8 * 8), np.maximum(8, graph.sizes // 2 // 8 * 8)]
+    probes = [(k, export_onnx(pruned_copy(model, x, graph.first_channels(k)), deploy, "fp16")) for k in keeps]
+    with ProfilerClient(svc.url) as client:
+        remote = RemoteTarget(client)
+        gpu = torch.cuda.get_device_properties(0)
+        assert remote.device.backend == backend and remote.device.accelerator == gpu.name
+        assert remote.device.memory_bytes == gpu.total_memory  # the GPU's, not the host's
+        target = Target(remote, LatencyModel(graph, LatencyTables.of(remote)))
+        target.calibrate(probes, "16x3x32x32")
+    assert target.before.median_ms > 0 and target.latency.calibration.a > 0
+    assert len(target.latency.calibration.residuals) == 3

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pruning_client.models import resnet20
-from tests.conftest import ServiceProcess, assert_steps_met_their_budgets, cache_env, halp
+from tests.conftest import FAST_TIMING, ServiceProcess, assert_steps_met_their_budgets, cache_env, halp
 from tests.test_remote import metric
 
 
@@ -33,7 +33,7 @@ def test_profile_asks_only_for_missing_points(service, tmp_path):
 def pruned_run(tmp_path_factory) -> Iterator[tuple[ServiceProcess, Path, subprocess.CompletedProcess]]:
     """One `halp prune` of ResNet-20 on the digits to 0.7 of its latency, shared by the tests below."""
     tmp = tmp_path_factory.mktemp("prune")
-    service = ServiceProcess(db=tmp / "halp.db").start()
+    service = ServiceProcess(db=tmp / "halp.db", env=FAST_TIMING).start()
     out = tmp / "run"
     result = halp(
         "prune", "--model", "resnet20", "--target", service.url, "--latency-ratio", "0.7", "--data", "digits",
@@ -97,7 +97,8 @@ def test_prune_mistakes_are_clear_errors(service, tmp_path):
 
 @pytest.mark.slow
 def test_per_target_prunes_one_model_per_target_and_reports_each(make_service, tmp_path):
-    first, second = make_service("a.db"), make_service("b.db", threads=2)  # two CPU "devices"
+    first = make_service("a.db", env=FAST_TIMING)
+    second = make_service("b.db", threads=2, env=FAST_TIMING)  # two CPU "devices"
     out = tmp_path / "run"
     result = halp(
         "prune", "--model", "resnet20", "--target", first.url, "--target", second.url, "--per-target",
@@ -113,7 +114,8 @@ def test_per_target_prunes_one_model_per_target_and_reports_each(make_service, t
 
 @pytest.mark.slow
 def test_several_targets_get_one_model_that_meets_every_budget(make_service, tmp_path):
-    first, second = make_service("a.db"), make_service("b.db", threads=2)  # two CPU "devices"
+    first = make_service("a.db", env=FAST_TIMING)
+    second = make_service("b.db", threads=2, env=FAST_TIMING)  # two CPU "devices"
     out = tmp_path / "run"
     result = halp(
         "prune", "--model", "resnet20", "--target", first.url, "--target", second.url,
