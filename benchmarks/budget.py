@@ -25,7 +25,7 @@ def main() -> None:
     # their floor binds; the last row asks for 4-channel blocks everywhere from the start
     plan = [(0.7, [])] if args.quick else [(0.7, []), (0.5, []), (0.3, []), (0.3, ["--block-size", "4"])]
     extra = (
-        ["--steps", "2", "--epochs", "1", "--pretrain-epochs", "1"] if args.quick else ["--steps", "8", "--epochs", "6"]
+        ["--steps", "1", "--epochs", "1", "--pretrain-epochs", "1"] if args.quick else ["--steps", "8", "--epochs", "6"]
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp, local_service(Path(tmp) / "service") as url:

@@ -145,7 +145,7 @@ def _ops(torch) -> dict[str, Op]:
         "Softmax": lambda x, *, a: torch.softmax(x, dim=a.get("axis", -1)),
         "Identity": lambda x, *, a: x,
         "Dropout": lambda x, *_, a: x,
-        "Shape": lambda x, *, a: torch.tensor(x.shape, dtype=torch.int64),
+        "Shape": lambda x, *, a: torch.tensor(x.shape[a.get("start", 0) : a.get("end")], dtype=torch.int64),
         "Gather": lambda x, i, *, a: torch.index_select(x, a.get("axis", 0), i.reshape(-1)).reshape(
             [*x.shape[: a.get("axis", 0)], *i.shape, *x.shape[a.get("axis", 0) + 1 :]]
         ),
