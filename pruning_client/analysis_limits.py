@@ -59,16 +59,15 @@ class Guard:
 
 
 @contextmanager
-def bounded(limits: AnalysisLimits) -> Iterator[Guard]:
+def bounded(limits: AnalysisLimits, guard: Guard) -> Iterator[None]:
     """Raise ``AnalysisTooLarge`` inside the block once it runs longer or grows more than ``limits``.
 
     Raised from a signal handler, the exception can surface as another one when it lands inside a
-    torch call (a conv's argument parser reports it as a TypeError): ``Guard.tripped`` says what
+    torch call (a conv's argument parser reports it as a TypeError): ``guard.tripped`` says what
     really stopped the block.
     """
-    guard = Guard()
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
-        yield guard
+        yield
         return
     start, base = time.monotonic(), _rss_mb()
 
@@ -83,7 +82,7 @@ def bounded(limits: AnalysisLimits) -> Iterator[Guard]:
     previous = signal.signal(signal.SIGALRM, check)
     signal.setitimer(signal.ITIMER_REAL, CHECK_EVERY_S, CHECK_EVERY_S)
     try:
-        yield guard
+        yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

@@ -160,9 +160,9 @@ def _analyse(
         raise GraphError("the model runs no nn.Conv2d or nn.Linear: nothing to prune")
     names = {m: n for n, m in model.named_modules()}
     fixed = set(output_layers) | {names[m] for m in ignored_layers}
-    guard = Guard()
+    limits, guard = AnalysisLimits.from_env(), Guard()  # a bad setting is its own error, not the model's
     try:
-        with warnings.catch_warnings(), bounded(AnalysisLimits.from_env()) as guard:
+        with warnings.catch_warnings(), bounded(limits, guard):
             warnings.simplefilter("ignore")
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
             tp_groups = list(dg.get_all_groups(ignored_layers=[model.get_submodule(n) for n in fixed]))

@@ -17,7 +17,7 @@ MAX_REPAIRS = 3
 HEADROOM = 0.96  # aim this far under the target, so the final comparison's spread stays under it
 
 
-def measured_ratios(targets: Sequence[Target], unpruned: bytes, pruned: bytes, input_shape: str) -> list:
+def side_by_side(targets: Sequence[Target], unpruned: bytes, pruned: bytes, input_shape: str) -> list:
     """(before, after) results per target, timed alternately on each."""
     return parallel(lambda t: tuple(interleaved(t.profiler, [unpruned, pruned], input_shape)), targets)
 
@@ -36,7 +36,7 @@ def repair_to_measured_budget(
     ``export`` gives the pruner's current model as ONNX in the deployment dtype.
     """
     for _ in range(MAX_REPAIRS):
-        pairs = measured_ratios(targets, unpruned, export(), input_shape)
+        pairs = side_by_side(targets, unpruned, export(), input_shape)
         over = [a.median_ms / (b.median_ms * latency_ratio * HEADROOM) for b, a in pairs]
         if max(over) <= 1.0:
             break

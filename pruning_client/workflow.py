@@ -28,7 +28,7 @@ from pruning_client.models.registry import ModelError, build_model, load_weights
 from pruning_client.prunability import hold_unprunable
 from pruning_client.pruner import HALPPruner, PruneStep
 from pruning_client.remote import ProfilerClient, RemoteTarget
-from pruning_client.repair import measured_ratios, repair_to_measured_budget
+from pruning_client.repair import repair_to_measured_budget, side_by_side
 from pruning_client.report import TargetReport, staircase, target_reports, write_report
 from pruning_client.saliency import magnitude_saliency
 from pruning_client.schedule import block_sizes
@@ -231,16 +231,19 @@ class Run:
                 out = self.s.out / f"target{i}" if len(groups) > 1 else self.s.out
                 work_graph = graph if work is model else self.analyse(work, example)
                 reports += self._prune_for(
-                    group, work, work_graph, data, (accuracy_before, unpruned), (example, deploy), out, start
-                )
+                    group, work, work_graph, data, out, start, accuracy_before=accuracy_before,
+                    unpruned_onnx=unpruned, example=example, deploy=deploy,
+                )  # fmt: skip
                 self.outputs.append(out)
             return reports
         finally:
             self.close()
 
-    def _prune_for(self, targets, model, graph, data, unpruned, inputs, out: Path, start: float):
-        """Prune ``model`` for ``targets`` jointly; ``unpruned`` is (accuracy, ONNX), ``inputs`` (example, deploy)."""
-        (accuracy_before, unpruned_onnx), (example, deploy) = unpruned, inputs
+    def _prune_for(
+        self, targets, model, graph, data, out: Path, start: float, *,
+        accuracy_before: float, unpruned_onnx: bytes, example: torch.Tensor, deploy: torch.Tensor,
+    ) -> list[TargetReport]:  # fmt: skip
+        """Prune ``model`` for ``targets`` jointly, fine-tune it, measure it and write its report to ``out``."""
         shape = _input_shape(deploy)
         for t in targets:  # a per-target copy has its own graph; the latency model follows it
             if t.latency.graph is not graph:
@@ -275,7 +278,7 @@ class Run:
         pruned = pruner.finalize()
         self._train(pruned, data, self.s.epochs, self.s.lr, "fine-tuning the pruned model")
         pruned_onnx = self.export(pruned, deploy)
-        final = measured_ratios(targets, unpruned_onnx, pruned_onnx, shape)
+        final = side_by_side(targets, unpruned_onnx, pruned_onnx, shape)
         final_graph = analyse(pruned.eval(), example, batch=self.s.batch, dtype=self.s.dtype)  # type: ignore[arg-type]
         accuracy = (accuracy_before, evaluate(pruned, data.val))
         reports = target_reports(targets, final, pruner.keep_counts(), pruner.target_ms, accuracy)
