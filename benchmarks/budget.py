@@ -13,14 +13,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import label_axes, parse_args, save_plot, write
+from common import label_axes, parse_args, profiler_url, save_plot, write
 
-from pruning_client.demo import local_service
 from pruning_client.plots import pyplot
 
 
 def main() -> None:
-    args = parse_args(__doc__)
+    args = parse_args(__doc__, target=True)
     # (ratio, extra flags): at 0.3 the default 8-channel blocks of ResNet-20's 16-channel groups get halved where
     # their floor binds; the last row asks for 4-channel blocks everywhere from the start
     plan = [(0.7, [])] if args.quick else [(0.7, []), (0.5, []), (0.3, []), (0.3, ["--block-size", "4"])]
@@ -28,7 +27,7 @@ def main() -> None:
         ["--steps", "1", "--epochs", "1", "--pretrain-epochs", "1"] if args.quick else ["--steps", "8", "--epochs", "6"]
     )
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, local_service(Path(tmp) / "service") as url:
+    with tempfile.TemporaryDirectory() as tmp, profiler_url(args, Path(tmp) / "service") as url:
         for i, (r, flags) in enumerate(plan):
             out = Path(tmp) / f"run-{i}"
             cmd = [sys.executable, "-m", "pruning_client.cli", "prune", "--model", "resnet20", "--target", url,

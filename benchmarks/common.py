@@ -8,19 +8,41 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 
-def parse_args(description: str, extra=None) -> argparse.Namespace:
+def parse_args(description: str, extra=None, target: bool = False) -> argparse.Namespace:
+    """The common options; ``target``: the script may use a running service instead of starting one."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="a small run that keeps the script working (CI)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON and plots")
+    if target:
+        parser.add_argument(
+            "--target",
+            metavar="URL",
+            help="a running profiler service to measure on (its stored tables are reused); "
+            "default: a local CPU service started for this run",
+        )
     if extra:
         extra(parser)
     return parser.parse_args()
+
+
+@contextmanager
+def profiler_url(args: argparse.Namespace, state_dir: Path) -> Iterator[str]:
+    """``--target`` when given, else a local CPU service of its own under ``state_dir`` for the run."""
+    if args.target:
+        yield args.target
+        return
+    from pruning_client.demo import local_service
+
+    with local_service(state_dir) as url:
+        yield url
 
 
 def machine() -> dict:

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import parse_args, save_plot, write
+from common import parse_args, profiler_url, save_plot, write
 
 from pruning_client.cache import TableCache
 from pruning_client.data import digits
-from pruning_client.demo import local_service
 from pruning_client.export import export_onnx
 from pruning_client.graph import analyse
 from pruning_client.latency import LatencyModel, LatencyTables
@@ -142,11 +141,11 @@ def main() -> None:
         parser.add_argument("--ratio", type=float, default=0.5, help="HALP's target latency ratio")
         parser.add_argument("--seeds", type=int, default=3, help="seeds (full run)")
 
-    args = parse_args(__doc__, options)
+    args = parse_args(__doc__, options, target=True)
     seeds, epochs, finetune = ([0], 1, 1) if args.quick else (list(range(args.seeds)), 10, 6)
     name = "hardware_awareness" + ("" if args.ratio == 0.5 else f"-r{args.ratio:g}")
     with tempfile.TemporaryDirectory() as tmp:
-        with local_service(Path(tmp) / "service") as url, ProfilerClient(url) as client:
+        with profiler_url(args, Path(tmp) / "service") as url, ProfilerClient(url) as client:
             target = RemoteTarget(client, TableCache(Path(tmp) / "cache"))
             runs = [run_seed(s, target, epochs, finetune, args.ratio, args.quick) for s in seeds]
     summary = {}

@@ -76,7 +76,7 @@ def plain_dp(values, costs, budget):
     return keep
 
 
-REPEATS = 3
+REPEATS = 3  # --quick: 1 (its timings only keep the script working)
 
 
 def evaluate(name, fn, values, costs, budget, optimum):
@@ -134,7 +134,9 @@ def compare(label, values, costs, budget, with_paper=True, with_dp=True):
 
 
 def main() -> None:
+    global REPEATS
     args = parse_args(__doc__)
+    REPEATS = 1 if args.quick else REPEATS
     rng = np.random.default_rng(0)
     body: dict = {"instances": []}
     sizes = [max(8, s // 8) for s in RESNET50_CONVS] if args.quick else RESNET50_CONVS

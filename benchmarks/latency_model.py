@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import label_axes, parse_args, save_plot, write
+from common import label_axes, parse_args, profiler_url, save_plot, write
 
 from pruning_client.cache import TableCache
-from pruning_client.demo import local_service
 from pruning_client.export import export_onnx
 from pruning_client.graph import analyse
 from pruning_client.latency import LatencyModel, LatencyTables
@@ -72,7 +71,9 @@ def check_model(name: str, size: int, configs: int, target: RemoteTarget, rng) -
 
 
 def main() -> None:
-    args = parse_args(__doc__, lambda p: p.add_argument("--state", type=Path, help="reuse a service store"))
+    args = parse_args(
+        __doc__, lambda p: p.add_argument("--state", type=Path, help="reuse a service store"), target=True
+    )
     plan = (
         [("resnet20", 32, 3)]
         if args.quick
@@ -81,7 +82,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         state = args.state or Path(tmp)
-        with local_service(state) as url, ProfilerClient(url) as client:
+        with profiler_url(args, state) as url, ProfilerClient(url) as client:
             target = RemoteTarget(client, TableCache(state / "cache"))
             results = [check_model(name, size, n, target, rng) for name, size, n in plan]
             device = target.device.model_dump()

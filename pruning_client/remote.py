@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, RootModel, ValidationError
@@ -187,6 +190,27 @@ TargetProgress = Callable[[str, int, int], None]
 """``progress(target_url, points_done, points_total)`` while a target measures."""
 
 
+_HOST_LOCKS: dict[str, threading.Lock] = {}
+_HOST_LOCKS_GUARD = threading.Lock()
+
+
+def host_lock(url: str) -> threading.Lock:
+    """One lock per machine the services run on (every loopback name is one machine).
+
+    Services on one host share its cores: timed at the same time, each measures the other's load (two
+    CPU services on a 2-core host fitted slopes off by 20x). A run's targets on different hosts are
+    timed in parallel; on the same host, one at a time.
+    """
+    host = (urlsplit(url).hostname or "").lower()
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            host = "localhost"
+    except ValueError:
+        pass
+    with _HOST_LOCKS_GUARD:
+        return _HOST_LOCKS.setdefault(host, threading.Lock())
+
+
 class RemoteTarget:
     """One target of a run: device fingerprint pinned at start, tables cached under it.
 
@@ -204,6 +228,7 @@ class RemoteTarget:
         self.fingerprint = self.device.fingerprint
         self.measured_points = 0
         self.cached_points = 0
+        self._host = host_lock(self.url)
 
     def check(self, fingerprint: str, what: str) -> None:
         if fingerprint != self.fingerprint:
@@ -223,7 +248,8 @@ class RemoteTarget:
             if lack:
                 missing[key] = lack
         if missing:
-            self._measure(missing, out)
+            with self._host:
+                self._measure(missing, out)
         return out
 
     def _measure(self, missing: dict[str, list[tuple[int, int]]], out: dict) -> None:
@@ -250,6 +276,7 @@ class RemoteTarget:
                 self.cache.store(self.fingerprint, key, selected)
 
     def measure(self, onnx_bytes: bytes, input_shape: str | None = None) -> MeasureResult:
-        result = self.client.measure(onnx_bytes, input_shape)
+        with self._host:
+            result = self.client.measure(onnx_bytes, input_shape)
         self.check(result.fingerprint, "a model measurement")
         return result

@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from profiler_service.schemas import DeviceInfo, MeasureResult
+from pruning_client.calibration import Calibration, CalibrationError
 from pruning_client.latency import LatencyModel, Needed, Point
 
 T = TypeVar("T")
@@ -55,17 +56,41 @@ class Target:
     samples: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (keep, measured ms)
     before: MeasureResult | None = None  # the unpruned model, from calibration
 
-    def calibrate(self, probes: Sequence[tuple[np.ndarray, bytes]], input_shape: str) -> None:
-        """Time the probe configurations (the unpruned model first) and fit the latency model to them."""
-        results = interleaved(self.profiler, [onnx for _, onnx in probes], input_shape)
-        self.before = results[0]
-        self.samples = [(keep.copy(), r.median_ms) for (keep, _), r in zip(probes, results, strict=True)]
-        self.latency.calibrate(self.samples)
+    def calibrate(self, probes: Sequence[tuple[np.ndarray, bytes]], input_shape: str) -> str | None:
+        """Time the probe configurations (the unpruned model first) and fit the latency model to them.
 
-    def refit_if_drifted(self, keep: np.ndarray, measured_ms: float) -> bool:
-        """Add a measured step to the samples; refit when the prediction missed it by more than ``DRIFT``."""
+        Samples that define no line (a noise burst) are measured once more; if the fit still fails the
+        tables' own sum is the prediction (a=1, b=0) and the returned note says so: budgets are ratios
+        of the prediction, so the run still aims at the right fraction, only less precisely.
+        """
+        self.samples = []
+        for attempt in range(2):
+            results = interleaved(self.profiler, [onnx for _, onnx in probes], input_shape)
+            self.before = self.before if attempt else results[0]
+            self.samples += [(keep.copy(), r.median_ms) for (keep, _), r in zip(probes, results, strict=True)]
+            try:
+                self.latency.calibrate(self.samples)
+                return None
+            except CalibrationError as e:
+                error = e
+        self.latency.calibration = Calibration()
+        return f"no line fits the measurements ({error}): predicting with the tables' sum (a=1, b=0)"
+
+    def refit_if_drifted(self, keep: np.ndarray, measured_ms: float) -> str | None:
+        """Add a measured step to the samples; refit when the prediction missed it by more than ``DRIFT``.
+
+        Returns what happened, or None when the prediction held. A noise burst can leave samples that
+        define no line (a negative slope was seen mid-run): the previous fit is kept, never the run lost.
+        """
         self.samples.append((keep.copy(), measured_ms))
         if abs(self.latency.predict(keep) - measured_ms) <= DRIFT * measured_ms:
-            return False
-        self.latency.calibrate(self.samples)
-        return True
+            return None
+        previous = self.latency.calibration
+        try:
+            cal = self.latency.calibrate(self.samples)
+        except CalibrationError as e:
+            self.latency.calibration = previous
+            return (
+                f"prediction drifted, but the samples define no line ({e}); kept a={previous.a:.3f} b={previous.b:.4f}"
+            )
+        return f"prediction drifted; refit a={cal.a:.3f} b={cal.b:.4f}"

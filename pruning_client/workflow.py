@@ -132,8 +132,10 @@ class Run:
         unpruned = self.export(model, deploy)
         thinned = [self.export(pruned_copy(model, example, graph.first_channels(k)), deploy) for k in keeps[1:]]
         probes = list(zip(keeps, [unpruned, *thinned], strict=True))
-        parallel(lambda t: t.calibrate(probes, _input_shape(deploy)), targets)
-        for t in targets:
+        notes = parallel(lambda t: t.calibrate(probes, _input_shape(deploy)), targets)
+        for t, note in zip(targets, notes, strict=True):
+            if note:
+                self.ui.stage(f"{t.profiler.url}: {note}")
             cal = t.latency.calibration
             errors = ", ".join(f"{100 * r:+.1f}" for r in cal.residuals)
             self.ui.stage(
@@ -260,9 +262,8 @@ class Run:
                     [r.median_ms for r in parallel(lambda t: t.profiler.measure(thin, shape), targets)]
                 )
                 for t, ms in zip(targets, measured_steps[-1], strict=True):
-                    if t.refit_if_drifted(pruner.keep_counts(), ms):
-                        cal = t.latency.calibration
-                        self.ui.stage(f"{t.profiler.url}: prediction drifted; refit a={cal.a:.3f} b={cal.b:.4f}")
+                    if refit := t.refit_if_drifted(pruner.keep_counts(), ms):
+                        self.ui.stage(f"{t.profiler.url}: {refit}")
 
         pruner = HALPPruner(
             model, example, [t.latency for t in targets], self.s.latency_ratio, self.s.steps,

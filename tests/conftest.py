@@ -112,6 +112,21 @@ def service(make_service) -> ServiceProcess:
     return make_service()
 
 
+@pytest.fixture(scope="session")
+def shared_services(tmp_path_factory) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+    """Two CPU "devices" (1 and 2 threads: different fingerprints) that the end-to-end prunes and the
+    benchmarks' quick runs share, so ResNet-20's table points are measured once per session, not once
+    per test. Only for tests that do not count what a service measured."""
+    tmp = tmp_path_factory.mktemp("shared-services")
+    services = (
+        ServiceProcess(db=tmp / "one-thread.db", env=FAST_TIMING).start(),
+        ServiceProcess(db=tmp / "two-threads.db", threads=2, env=FAST_TIMING).start(),
+    )
+    yield services
+    for svc in services:
+        svc.stop()
+
+
 def wait_job(client: httpx.Client, location: str, timeout: float = 120.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

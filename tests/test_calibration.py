@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from profiler_service.local_target import LocalTarget
+from profiler_service.schemas import MeasureResult
 from profiler_service.timing import TimingPolicy
 from pruning_client.calibration import CalibrationError, fit, probe_keeps
 from pruning_client.export import export_onnx
 from pruning_client.graph import analyse
 from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.models import resnet20
+from pruning_client.targets import ROUNDS, Target
 
 
 def test_a_line_is_recovered_and_its_inverse_gives_the_capacity():
@@ -58,3 +60,61 @@ def test_a_local_target_calibrates_a_latency_model_like_a_service():
     needed = latency.points_for(latency.graph.sizes)
     assert latency.table_sum(latency.graph.sizes) > 0
     assert target.measured_points == sum(len(points) for points in needed.values())  # each distinct point once
+
+
+def test_a_refit_on_samples_without_a_line_keeps_the_previous_fit():
+    """Seen mid-run on a noisy host: the measured steps pulled the slope negative, and the run died."""
+    graph = analyse(resnet20(10).eval(), torch.randn(1, 3, 32, 32))
+    tables = LatencyTables(
+        fetch=lambda need: {k: {p: 1e-3 * (1 + p[0] * p[1] / 256) for p in pts} for k, pts in need.items()}
+    )
+    target = Target(profiler=None, latency=LatencyModel(graph, tables))  # type: ignore[arg-type]
+    full, half = graph.sizes, np.maximum(8, graph.sizes // 2)
+    target.samples = [(full, 1.0), (half, 0.6)]
+    fitted = target.latency.calibrate(target.samples)
+    assert target.refit_if_drifted(full, 1.01) is None  # within DRIFT: no refit
+
+    said = target.refit_if_drifted(half, 5.0)  # the smaller model measured far slower: the slope turns negative
+    assert said is not None and "kept" in said and "slope" in said
+    assert target.latency.calibration is fitted
+
+    target.samples = target.samples[:2]
+    said = target.refit_if_drifted(half, 0.8)  # a plausible drift: refit on the three samples
+    assert said is not None and said.startswith("prediction drifted; refit")
+    assert target.latency.calibration is not fitted and target.latency.calibration.a > 0
+
+
+class ScriptedTimings:
+    """A stand-in for a noise burst, which cannot be summoned on demand: whole-model timings in a set order."""
+
+    url, fingerprint = "scripted", "scripted"
+
+    def __init__(self, timings: list[float]) -> None:
+        self.timings = iter(timings)
+
+    def measure(self, onnx_bytes: bytes, input_shape: str | None = None) -> MeasureResult:
+        ms = next(self.timings)
+        return MeasureResult(fingerprint="scripted", backend="scripted", median_ms=ms, p10_ms=ms, p90_ms=ms, runs=1)
+
+
+@pytest.mark.parametrize(
+    "second_try,kept",
+    [(0.5, "refit"), (4.0, "tables")],  # the second round of the smaller model draws a line, or still does not
+)
+def test_calibration_measures_again_then_falls_back_to_the_tables_when_noise_defines_no_line(second_try, kept):
+    graph = analyse(resnet20(10).eval(), torch.randn(1, 3, 32, 32))
+    tables = LatencyTables(
+        fetch=lambda need: {k: {p: 1e-3 * (1 + p[0] * p[1] / 256) for p in pts} for k, pts in need.items()}
+    )
+    full, half = graph.sizes, np.maximum(8, graph.sizes // 2)
+    # 5 interleaved rounds of (full, half): the half model measured slower than the full one on the first try
+    first = [2.0, 3.0] * ROUNDS
+    again = [2.0, second_try] * ROUNDS
+    target = Target(ScriptedTimings(first + again), LatencyModel(graph, tables))  # type: ignore[arg-type]
+    note = target.calibrate([(full, b""), (half, b"")], "1x3x32x32")
+    assert target.before is not None and target.before.median_ms == 2.0  # the first round's unpruned timing
+    if kept == "refit":
+        assert note is None and target.latency.calibration.a > 0 and len(target.samples) == 4
+    else:
+        assert note is not None and "a=1, b=0" in note
+        assert (target.latency.calibration.a, target.latency.calibration.b) == (1.0, 0.0)

@@ -41,11 +41,11 @@ def halp_run() -> dict:
     # Uncalibrated: a fit to two whole-model timings taken during a noise burst can put the intercept
     # above half the total, and then no pruning reaches the budget; calibration has its own tests.
     latency = LatencyModel(graph, LatencyTables.of(profiler))
-    pruner = HALPPruner(model, x, latency, target_ratio=0.5, steps=8, interval=5, block_size=8)
-    train(model, data.train, TrainConfig(epochs=2, lr=0.02), pruner=pruner)
+    pruner = HALPPruner(model, x, latency, target_ratio=0.5, steps=8, interval=2, block_size=8)
+    train(model, data.train, TrainConfig(epochs=1, lr=0.02), pruner=pruner)  # 22 iterations: 8 steps in 16
     done = pruner.done
     pruned = pruner.finalize()
-    train(pruned, data.train, TrainConfig(epochs=4, lr=0.05))  # fine-tune the smaller network
+    train(pruned, data.train, TrainConfig(epochs=3, lr=0.05))  # fine-tune the smaller network
     return {
         "x": x, "latency": latency, "pruner": pruner, "done": done, "pruned": pruned,
         "accuracy_before": accuracy_before, "accuracy_after": evaluate(pruned, data.val),

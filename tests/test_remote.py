@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from pruning_client.cache import TableCache
-from pruning_client.remote import FingerprintChanged, ProfilerClient, ProfilerError, RemoteTarget
+from pruning_client.remote import FingerprintChanged, ProfilerClient, ProfilerError, RemoteTarget, host_lock
 from tests.conftest import CONV, ServiceProcess, free_port
 
 DEVICE = {"fingerprint": "f" * 16, "backend": "stub", "backend_version": "0", "accelerator": "none"}
@@ -131,3 +131,19 @@ def test_a_changed_device_is_refused_by_name(tmp_path):
                 second.stop()
     finally:
         first.stop()
+
+
+def test_services_on_one_host_are_timed_one_at_a_time(service, tmp_path):
+    """Two CPU services on one machine would each time the other's load: their measurements take turns."""
+    assert host_lock("http://127.0.0.1:1") is host_lock("http://localhost:2") is host_lock("http://[::1]:3")
+    assert host_lock("http://10.0.0.1:1") is not host_lock("http://127.0.0.1:1")
+    with ProfilerClient(service.url) as client:
+        target = RemoteTarget(client, TableCache(tmp_path / "cache"))
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (target.fetch({CONV: {(8, 24)}}), done.set()))
+        with host_lock("http://localhost:9"):  # another target on this host is measuring
+            worker.start()
+            assert not done.wait(3.0)  # a single point takes well under a second when it may run
+        assert done.wait(60.0)
+        worker.join()
+    assert target.measured_points == 1

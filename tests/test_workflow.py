@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from pruning_client.models import resnet20
-from tests.conftest import FAST_TIMING, ServiceProcess, assert_steps_met_their_budgets, cache_env, halp
+from tests.conftest import ServiceProcess, assert_steps_met_their_budgets, cache_env, halp
 from tests.test_remote import metric
 
 
@@ -30,17 +29,16 @@ def test_profile_asks_only_for_missing_points(service, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pruned_run(tmp_path_factory) -> Iterator[tuple[ServiceProcess, Path, subprocess.CompletedProcess]]:
+def pruned_run(tmp_path_factory, shared_services) -> tuple[ServiceProcess, Path, subprocess.CompletedProcess]:
     """One `halp prune` of ResNet-20 on the digits to 0.7 of its latency, shared by the tests below."""
     tmp = tmp_path_factory.mktemp("prune")
-    service = ServiceProcess(db=tmp / "halp.db", env=FAST_TIMING).start()
+    service = shared_services[0]
     out = tmp / "run"
     result = halp(
         "prune", "--model", "resnet20", "--target", service.url, "--latency-ratio", "0.7", "--data", "digits",
         "--steps", "2", "--epochs", "1", "--pretrain-epochs", "3", "--out", str(out), env=cache_env(tmp, "cache"),
     )  # fmt: skip
-    yield service, out, result
-    service.stop()
+    return service, out, result
 
 
 @pytest.mark.slow
@@ -96,9 +94,8 @@ def test_prune_mistakes_are_clear_errors(service, tmp_path):
 
 
 @pytest.mark.slow
-def test_per_target_prunes_one_model_per_target_and_reports_each(make_service, tmp_path):
-    first = make_service("a.db", env=FAST_TIMING)
-    second = make_service("b.db", threads=2, env=FAST_TIMING)  # two CPU "devices"
+def test_per_target_prunes_one_model_per_target_and_reports_each(shared_services, tmp_path):
+    first, second = shared_services
     out = tmp_path / "run"
     result = halp(
         "prune", "--model", "resnet20", "--target", first.url, "--target", second.url, "--per-target",
@@ -113,13 +110,12 @@ def test_per_target_prunes_one_model_per_target_and_reports_each(make_service, t
 
 
 @pytest.mark.slow
-def test_several_targets_get_one_model_that_meets_every_budget(make_service, tmp_path):
-    first = make_service("a.db", env=FAST_TIMING)
-    second = make_service("b.db", threads=2, env=FAST_TIMING)  # two CPU "devices"
+def test_several_targets_get_one_model_that_meets_every_budget(shared_services, tmp_path):
+    first, second = shared_services
     out = tmp_path / "run"
     result = halp(
         "prune", "--model", "resnet20", "--target", first.url, "--target", second.url,
-        "--latency-ratio", "0.6", "--steps", "2", "--epochs", "1", "--pretrain-epochs", "1", "--out", str(out),
+        "--latency-ratio", "0.7", "--steps", "1", "--epochs", "1", "--pretrain-epochs", "1", "--out", str(out),
         env=cache_env(tmp_path, "cache"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
