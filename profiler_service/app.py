@@ -24,11 +24,13 @@ from profiler_service.timing import TimingPolicy
 from profiler_service.worker import Worker, WorkerConfig
 
 log = logging.getLogger("halp.service")
+access = logging.getLogger("halp.access")  # one line per request with the client's User-Agent (halp: its rank)
 API_VERSION = "1"
 
 
 class _RequestMetrics:
-    """Pure-ASGI counter keyed by route template (not raw path, which would explode labels)."""
+    """Pure-ASGI counter keyed by route template (not raw path, which would explode labels), and the
+    access log line of every request."""
 
     def __init__(self, app, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -50,6 +52,9 @@ class _RequestMetrics:
         finally:
             route = getattr(scope.get("route"), "path", "other")  # docs, 404s
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            agent = dict(scope.get("headers") or ()).get(b"user-agent", b"-").decode("latin-1")
+            client = (scope.get("client") or ("-",))[0]
+            access.info('%s "%s %s" %d "%s"', client, scope["method"], scope["path"], status, agent)
 
 
 def start_worker(settings: Settings) -> Worker:

@@ -7,6 +7,7 @@ server binds its port.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,11 @@ def run(overrides: dict[str, Any], log_level: str, say: Callable[[str], None]) -
         f"  try: curl {url}/device   |   halp lut conv2d-k3x3-s1x1-p1x1-d1x1-g1-h28w28-b1-fp32 "
         f"--target {url} --cin 64 --cout 8..128:8   |   docs: {url}/docs"
     )
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    halp_log = logging.getLogger("halp")
+    halp_log.addHandler(handler)
+    halp_log.setLevel(log_level.upper())
     try:
         uvicorn.run(
             create_app(settings, worker), host=settings.host, port=settings.port, log_level=log_level,

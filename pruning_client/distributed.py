@@ -8,31 +8,96 @@ summed over the ranks, and only rank 0 writes files.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 
 from pruning_client.data import Loaders
-from pruning_client.train import TrainConfig, count_correct, train
+from pruning_client.train import TrainConfig, Trainer, count_correct
+
+T = TypeVar("T")
+COLLECTIVE_TIMEOUT_MIN = float(os.environ.get("HALP_COLLECTIVE_TIMEOUT_MIN", "60"))
+
+
+class StoppedByMain(RuntimeError):
+    """Rank 0 failed in work only it does (a target, the solver); every other rank stops with this."""
 
 
 @dataclass(frozen=True)
 class Context:
-    rank: int
-    world: int
-    device: torch.device
+    """This process's place in the run: rank, world size, device; and the few collectives a run needs.
+
+    Work only rank 0 does (the profiler services, the knapsack, files) runs through ``on_main`` or
+    ``from_main``: its outcome, success or failure, is broadcast, so a target that fails mid-run stops
+    every rank with rank 0's message instead of leaving them waiting in the next collective.
+    """
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def _outcome(self, fn: Callable[[], T], share: bool) -> T | None:
+        result: T | None = None
+        error: BaseException | None = None
+        if self.main:
+            try:
+                result = fn()
+            except Exception as e:  # every rank must hear of it before anyone raises
+                error = e
+        if self.world == 1:
+            if error is not None:
+                raise error
+            return result
+        payload = [(result if share else None, None if error is None else f"{type(error).__name__}: {error}")]
+        dist.broadcast_object_list(payload, src=0)
+        if error is not None:
+            raise error
+        value, message = payload[0]
+        if message is not None:
+            raise StoppedByMain(f"rank 0 stopped the run: {message}")
+        return result if self.main else value
+
+    def on_main(self, fn: Callable[[], T]) -> T | None:
+        """``fn()`` on rank 0 only; its result there, None on the others; its failure everywhere."""
+        return self._outcome(fn, share=False)
+
+    def from_main(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on rank 0, its (picklable) result on every rank; its failure everywhere."""
+        return self._outcome(fn, share=True)  # type: ignore[return-value]
+
+    def agree(self, what: str, digest: str) -> None:
+        """Every rank holds the same ``digest`` of ``what``; a rank that differs is an error, never silent."""
+        if self.world == 1:
+            return
+        digests: list[str | None] = [None] * self.world
+        dist.all_gather_object(digests, digest)
+        differ = [r for r, d in enumerate(digests) if d != digests[0]]
+        if differ:
+            raise RuntimeError(f"ranks {differ} hold different {what} than rank 0: the replicas diverged")
+
+
+def digest(*arrays) -> str:
+    """A short checksum of arrays (masks, saliency) for ``Context.agree``."""
+    h = hashlib.blake2b(digest_size=12)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 @contextmanager
@@ -46,24 +111,28 @@ def distributed() -> Iterator[Context]:
     local = int(os.environ["LOCAL_RANK"])
     if cuda:
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if cuda else "gloo")
+    # a collective that waits past this raises instead of hanging (torchrun also stops every rank
+    # when one process dies); long enough for rank 0 to measure tables while the others wait
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=COLLECTIVE_TIMEOUT_MIN))
     try:
         yield Context(dist.get_rank(), world, torch.device(f"cuda:{local}" if cuda else "cpu"))
     finally:
         dist.destroy_process_group()
 
 
-def shard(loader: DataLoader, ctx: Context, training: bool, seed: int = 0) -> DataLoader:
-    """This rank's part of a loader: shuffled shards for training, a disjoint exact split for evaluation."""
+def eval_shard(loader: DataLoader, ctx: Context) -> DataLoader:
+    """This rank's disjoint part of an evaluation loader; the parts together are every sample once."""
     if ctx.world == 1:
         return loader
-    if training:
-        sampler = DistributedSampler(loader.dataset, ctx.world, ctx.rank, shuffle=True, seed=seed, drop_last=True)
-        return DataLoader(
-            loader.dataset, loader.batch_size, sampler=sampler, num_workers=loader.num_workers, drop_last=True
-        )
     part = Subset(loader.dataset, range(ctx.rank, len(loader.dataset), ctx.world))  # type: ignore[arg-type]
     return DataLoader(part, loader.batch_size, num_workers=loader.num_workers)
+
+
+def accuracy(model: nn.Module, val: DataLoader, ctx: Context) -> float:
+    """Top-1 over the whole validation split, each rank counting its part (on the plain module, not
+    DDP: parts may differ by a batch, and DDP's forward syncs buffers across ranks)."""
+    correct, total = all_sum(list(map(float, count_correct(model, eval_shard(val, ctx)))), ctx)
+    return 100.0 * correct / max(total, 1.0)
 
 
 def wrap(model: nn.Module, ctx: Context) -> nn.Module:
@@ -118,21 +187,15 @@ def finetune(
     ctx: Context,
     on_iteration: Callable[[int, int, float], None] | None = None,
 ) -> FinetuneResult:
-    """Train ``model`` in place on every rank; accuracies are over the whole validation split."""
+    """Train ``model`` in place on every rank (``loaders.train`` is this rank's share); accuracies are
+    over the whole validation split."""
     start = time.perf_counter()
     torch.manual_seed(0)  # the same start on every rank (DDP also broadcasts rank 0's weights)
     net = wrap(model, ctx)
-    train_loader, val_loader = shard(loaders.train, ctx, training=True), shard(loaders.val, ctx, training=False)
-
-    def accuracy() -> float:
-        # the plain module, not DDP: shards may differ by a batch, and DDP's forward syncs buffers across ranks
-        correct, total = all_sum(list(map(float, count_correct(model, val_loader))), ctx)
-        return 100.0 * correct / max(total, 1.0)
-
-    before = accuracy()
-    train(net, train_loader, config, on_iteration=on_iteration)
+    before = accuracy(model, loaders.val, ctx)
+    Trainer(net, loaders.train, config).run(on_iteration)
     sync_buffers(model, ctx)
-    after = accuracy()
+    after = accuracy(model, loaders.val, ctx)
     if not replicas_agree(model, ctx):
         raise RuntimeError("DDP replicas diverged: the ranks hold different weights after training")
     return FinetuneResult(ctx.world, before, after, time.perf_counter() - start)

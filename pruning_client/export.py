@@ -9,7 +9,7 @@ import warnings
 import torch
 from torch import nn
 
-from pruning_client.graph import ExampleInputs
+from pruning_client.graph import ExampleInputs, as_inputs
 
 
 def export_onnx(model: nn.Module, example_inputs: ExampleInputs, dtype: str = "fp32") -> bytes:
@@ -19,7 +19,7 @@ def export_onnx(model: nn.Module, example_inputs: ExampleInputs, dtype: str = "f
     well under a second, where the dynamo exporter takes several seconds and
     an extra dependency; the dtype is baked in, as strongly typed engines need.
     """
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    inputs = as_inputs(model, example_inputs)
     cast = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype)
     if cast is None:
         raise ValueError(f"cannot export {dtype} models directly (int8 needs a quantisation toolchain)")

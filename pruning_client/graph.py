@@ -131,8 +131,12 @@ class ModelGraph:
         return out
 
 
-def _as_tuple(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
-    return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+def as_inputs(model: nn.Module, example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
+    """The example inputs as a tuple on the model's device (examples are made on the CPU; models train
+    on an accelerator)."""
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return tuple(x.to(device) for x in inputs)
 
 
 def analyse(
@@ -146,7 +150,7 @@ def analyse(
     was_training = model.training
     model.eval()  # tracing must not update BN statistics, and must work at batch 1
     try:
-        return _analyse(model, _as_tuple(example_inputs), batch, dtype, ignored_layers)
+        return _analyse(model, as_inputs(model, example_inputs), batch, dtype, ignored_layers)
     finally:
         model.train(was_training)
 

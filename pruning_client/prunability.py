@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from pruning_client.graph import ChannelGroup, ExampleInputs, ModelGraph
+from pruning_client.graph import ChannelGroup, ExampleInputs, ModelGraph, as_inputs
 from pruning_client.layers import flatten
 from pruning_client.thinning import pruned_copy
 
@@ -34,8 +34,8 @@ def hold_unprunable(graph: ModelGraph, example_inputs: ExampleInputs) -> list[Ch
     """
     if graph.checked:
         return []
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     model = graph.model
+    inputs = as_inputs(model, example_inputs)
     was_training = model.training
     model.eval()
     try:

@@ -10,15 +10,18 @@ channels. ``finalize()`` removes them for real and returns the smaller model.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from torch import nn
 
+from pruning_client.distributed import Context, digest, sync_buffers
 from pruning_client.graph import ExampleInputs
 from pruning_client.knapsack import Infeasible, solve
 from pruning_client.latency import LatencyModel
@@ -43,6 +46,7 @@ class PruneStep:
     saliency_kept: float  # fraction of this step's saliency kept
     tightenings: int
     met: bool = True  # False: the budget was out of reach and the minimum was kept
+    ranks_agreed: int = 1  # processes that were checked to hold these masks (torchrun)
 
     def describe(self, steps: int) -> str:
         """One progress line; ``steps`` is the schedule's length (later steps are repairs)."""
@@ -67,6 +71,7 @@ class HALPPruner:
         start: int = 0,
         min_keep_blocks: int = 1,
         on_step: Callable[[PruneStep], None] | None = None,
+        ctx: Context | None = None,
     ) -> None:
         self.models = [latency_model] if isinstance(latency_model, LatencyModel) else list(latency_model)
         if not self.models:
@@ -84,10 +89,12 @@ class HALPPruner:
         self.model, self.example_inputs = model, example_inputs
         self.steps, self.interval, self.block_sizes, self.start = steps, interval, sizes, start
         self.min_keep_blocks, self.on_step = min_keep_blocks, on_step  # on_step(record) after every step
+        self.ctx = ctx or Context()
         self.saliency = TaylorSaliency(self.graph)
         self.masks = [np.ones(g.size, dtype=bool) for g in self.graph.groups]
         full = self.keep_counts()
-        self.full_ms = [m.predict(full) for m in self.models]
+        # only rank 0 has the tables; the others learn the budgets from it
+        self.full_ms = self.ctx.from_main(lambda: [m.predict(full) for m in self.models])
         self.target_ms = [r * f for r, f in zip(ratios, self.full_ms, strict=True)]
         self.budgets = [exponential_budgets(f, t, steps) for f, t in zip(self.full_ms, self.target_ms, strict=True)]
         self.history: list[PruneStep] = []
@@ -123,16 +130,33 @@ class HALPPruner:
 
         ``budgets`` (ms per target) overrides the schedule: a repair step after
         the schedule when measured latency came out above the prediction.
+
+        Under several processes (``ctx``) every rank calls this at the same iteration. The saliency
+        is the same on every rank without a reduction: it is read from gradients DistributedDataParallel
+        has already averaged over the ranks, so it is that of the global minibatch (summing it over the
+        ranks would count each minibatch once per rank). BN buffers are made rank 0's, rank 0 decides
+        (tables, knapsack, ``on_step``) and broadcasts the masks, and the ranks check they hold the same.
         """
         if importance is None:
             # Right after a step no minibatch has run yet (a repair step): rank by the last saliency.
             importance = (
                 self.saliency.averages() if self.saliency.batches or self._importance is None else self._importance
             )
-        self._importance = importance
+        if budgets is None and self.done:
+            raise RuntimeError("the schedule is complete; pass budgets for an extra step")
+        chosen = importance
+        if self.ctx.world > 1:
+            sync_buffers(self.model, self.ctx)
+            self.ctx.agree("saliency", digest(*chosen))
+        record, masks = self.ctx.from_main(lambda: self._decide(chosen, budgets))
+        self._adopt(record, masks, chosen)
+        if self.on_step is not None:
+            self.ctx.on_main(lambda: self.on_step(record))  # type: ignore[misc]
+        return record
+
+    def _decide(self, importance: list[np.ndarray], budgets: list[float] | None) -> tuple[PruneStep, list[np.ndarray]]:
+        """The next step's masks and record, from the tables and the knapsack (rank 0's work)."""
         if budgets is None:
-            if self.done:
-                raise RuntimeError("the schedule is complete; pass budgets for an extra step")
             budgets = [b[len(self.history)] for b in self.budgets]
         keep_now = self.keep_counts()
         sums_now = [lm.table_sum(keep_now) for lm in self.models]
@@ -156,10 +180,9 @@ class HALPPruner:
             )  # fmt: skip
         total = sum(float(v[-1]) for v in values)
         kept_value = sum(float(v[kg]) for v, kg in zip(values, k, strict=True))
+        masks = [np.zeros(g.size, dtype=bool) for g in self.graph.groups]
         for group, order, c in zip(self.graph.groups, orders, new_keep, strict=True):
-            self.masks[group.id][:] = False
-            self.masks[group.id][group.channels_at(order[: c // group.chunks])] = True
-        self._hooks.apply()
+            masks[group.id][group.channels_at(order[: c // group.chunks])] = True
         record = PruneStep(
             step=len(self.history) + 1,
             iteration=self.iteration,
@@ -170,11 +193,65 @@ class HALPPruner:
             tightenings=tightenings,
             met=met,
         )
+        return record, masks
+
+    def _adopt(self, record: PruneStep, masks: list[np.ndarray], importance: list[np.ndarray]) -> None:
+        """Make a decided step this rank's state: masks, hooks, history; then check the ranks agree."""
+        for mine, new in zip(self.masks, masks, strict=True):
+            mine[:] = new
+        self._hooks.apply()
         self.history.append(record)
+        self._importance = importance
         self.saliency.reset()
-        if self.on_step is not None:
-            self.on_step(record)
-        return record
+        self.ctx.agree("pruning masks", digest(*self.masks))
+        record.ranks_agreed = self.ctx.world
+
+    @contextmanager
+    def solo(self) -> Iterator[None]:
+        """Steps taken inside (on rank 0 alone: the measured repair) skip the collectives; every rank
+        then calls ``adopt_main`` to take rank 0's masks and history."""
+        ctx, self.ctx = self.ctx, Context()
+        try:
+            yield
+        finally:
+            self.ctx = ctx
+
+    def adopt_main(self) -> None:
+        """Every rank takes rank 0's masks, history and block sizes (after steps rank 0 took ``solo``)."""
+        state = self.ctx.from_main(lambda: (self.masks, self.history, self.block_sizes, self._importance))
+        masks, self.history, self.block_sizes, self._importance = state
+        for mine, new in zip(self.masks, masks, strict=True):
+            mine[:] = new
+        if self.history:
+            self._hooks.apply()
+        self.ctx.agree("pruning masks", digest(*self.masks))
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue the schedule exactly where it was."""
+        return {
+            "masks": [m.copy() for m in self.masks],
+            "history": [dataclasses.asdict(h) for h in self.history],
+            "iteration": self.iteration,
+            "saliency": self.saliency.state_dict(),
+            "importance": self._importance,
+            "block_sizes": list(self.block_sizes),
+            "full_ms": self.full_ms,
+            "target_ms": self.target_ms,
+            "budgets": self.budgets,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for mine, saved in zip(self.masks, state["masks"], strict=True):
+            mine[:] = saved
+        self.history = [PruneStep(**h) for h in state["history"]]
+        self.iteration = state["iteration"]
+        self.saliency.load_state_dict(state["saliency"])
+        self._importance = state["importance"]
+        self.block_sizes = list(state["block_sizes"])
+        self.full_ms, self.target_ms, self.budgets = state["full_ms"], state["target_ms"], state["budgets"]
+        if self.history:
+            self._hooks.apply()
 
     def _choices(self, importance: list[np.ndarray]):
         """Per group: channel order by saliency, the counts it may keep, their values, the minimum's index.

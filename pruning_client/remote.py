@@ -39,6 +39,18 @@ def _problem_message(response: httpx.Response) -> str:
         return f"{response.status_code} {response.reason_phrase}"
 
 
+def user_agent() -> str:
+    """``halp/<version>``, and the process's rank under torchrun: a service's access log shows who asked."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("halp")
+    except PackageNotFoundError:
+        ours = "dev"
+    rank = os.environ.get("RANK")
+    return f"halp/{ours}" + (f" (rank {rank})" if rank is not None else "")
+
+
 class ProfilerClient:
     """Typed access to a profiler service, with timeouts and retries on transient failures.
 
@@ -65,7 +77,7 @@ class ProfilerClient:
         if url.scheme not in ("http", "https") or not url.host:
             raise ProfilerError(f"target {base_url!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:8000)")
         token = token if token is not None else os.environ.get("HALP_API_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"User-Agent": user_agent(), **({"Authorization": f"Bearer {token}"} if token else {})}
         self.base_url = base_url.rstrip("/")
         self.retries, self.backoff, self.deadline = retries, backoff, deadline
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)

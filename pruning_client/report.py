@@ -134,6 +134,8 @@ def write_report(
     staircase: dict | None,
     seconds: float,
     graph: dict | None = None,
+    world: int = 1,
+    training: dict | None = None,
 ) -> Path:
     """Write the run's outputs; ``graph`` notes what was held out of pruning or the latency model."""
     out.mkdir(parents=True, exist_ok=True)
@@ -142,6 +144,8 @@ def write_report(
     body = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "settings": _jsonable(dataclasses.asdict(settings)),
+        "processes": world,  # training processes (torchrun); the pruning decisions were rank 0's
+        "training": training or {},  # per phase run in this process: images (all ranks), seconds, images/s
         "targets": [{**dataclasses.asdict(r), "latency_ratio": r.ratio} for r in reports],
         "history": [
             {**dataclasses.asdict(h), "measured_ms": measured_steps[i] if i < len(measured_steps) else None}

@@ -44,12 +44,26 @@ class TaylorSaliency:
 
     @torch.no_grad()
     def accumulate(self) -> None:
-        for total, sources in zip(self._sums, self._index, strict=True):
-            for module, idxs, root in sources:
-                contrib = _channel_taylor(module)
-                if contrib is not None:
-                    total.index_add_(0, root, contrib[idxs].double().cpu() ** 2)
+        """Add this minibatch's importance; a minibatch whose gradients overflowed (AMP) is left out."""
+        parts = [
+            (total, root, contrib[idxs].double().cpu() ** 2)
+            for total, sources in zip(self._sums, self._index, strict=True)
+            for module, idxs, root in sources
+            if (contrib := _channel_taylor(module)) is not None
+        ]
+        if not all(bool(torch.isfinite(p).all()) for _, _, p in parts):
+            return
+        for total, root, p in parts:
+            total.index_add_(0, root, p)
         self.batches += 1
+
+    def state_dict(self) -> dict:
+        return {"sums": [s.clone() for s in self._sums], "batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        for mine, saved in zip(self._sums, state["sums"], strict=True):
+            mine.copy_(saved)
+        self.batches = state["batches"]
 
     def averages(self) -> list[np.ndarray]:
         n = max(self.batches, 1)

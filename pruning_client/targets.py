@@ -76,6 +76,20 @@ class Target:
         self.latency.calibration = Calibration()
         return f"no line fits the measurements ({error}): predicting with the tables' sum (a=1, b=0)"
 
+    def state_dict(self) -> dict:
+        """The calibration and its samples, for a checkpoint (the tables live on the service and in the cache)."""
+        cal = self.latency.calibration
+        return {
+            "calibration": {"a": cal.a, "b": cal.b, "samples": cal.samples},
+            "samples": [(keep.copy(), ms) for keep, ms in self.samples],
+            "before": self.before.model_dump() if self.before else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.latency.calibration = Calibration(**state["calibration"])
+        self.samples = [(np.asarray(keep), ms) for keep, ms in state["samples"]]
+        self.before = MeasureResult(**state["before"]) if state["before"] else None
+
     def refit_if_drifted(self, keep: np.ndarray, measured_ms: float) -> str | None:
         """Add a measured step to the samples; refit when the prediction missed it by more than ``DRIFT``.
 

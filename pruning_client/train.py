@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pruning_client.sampling import EpochSampler
 from pruning_client.ui import UI
 
 
@@ -34,11 +35,29 @@ def free_cores(load: float | None = None) -> int:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    """The training recipe (the paper's: SGD with momentum and weight decay, cosine or step decay, warm-up)."""
+
+    epochs: float = 10
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    schedule: str = "cosine"  # or "step": x0.1 at 1/3 and 2/3 of the phase
+    warmup: float = 0.0  # fraction of the phase over which the learning rate ramps up linearly
+    amp: bool = False  # fp16 autocast with loss scaling, on CUDA only
+    channels_last: bool = False
+
+    def lr_at(self, progress: float) -> float:
+        """The learning rate at ``progress`` (0..1) through the phase: a function of progress, not of an
+        iteration count, so a run resumed on another number of processes keeps its schedule."""
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}")
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if self.schedule == "cosine" else 0.1 ** int(3 * progress)
+        ramp = min(1.0, (progress + 1e-9) / self.warmup) if self.warmup > 0 else 1.0
+        return self.lr * decay * ramp
+
+
+SCHEDULES = ("cosine", "step")
 
 
 @torch.no_grad()
@@ -61,6 +80,92 @@ def evaluate(model: nn.Module, loader: DataLoader) -> float:
     return 100.0 * correct / max(total, 1)
 
 
+class Trainer:
+    """One phase of training (``config.epochs``, or ``iterations`` minibatches), resumable at any minibatch.
+
+    ``net`` is what runs forward (the model, or its DistributedDataParallel wrapper); a ``pruner`` steps
+    after every backward (on gradients unscaled from AMP's loss scaling, which would otherwise scale
+    the saliency). The position is counted in iterations of this process; ``state_dict`` holds it with
+    the optimizer's and the loss scaler's state. Resuming mid-epoch needs the loader's sampler to skip
+    (``sampling.EpochSampler``); any other loader restarts its epoch.
+    """
+
+    def __init__(
+        self, net: nn.Module, loader: DataLoader, config: TrainConfig, pruner=None, iterations: int | None = None
+    ) -> None:
+        self.net, self.loader, self.config, self.pruner = net, loader, config, pruner
+        decay, no_decay = [], []
+        for p in net.parameters():
+            (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
+        self.optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=True,
+        )
+        self.device = next(net.parameters()).device
+        self.amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        sampler = getattr(loader, "sampler", None)
+        self.per_epoch = getattr(sampler, "batches_per_epoch", None) or len(loader)
+        self.total = iterations if iterations is not None else math.ceil(config.epochs * self.per_epoch)
+        self.iteration = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration = state["iteration"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.total
+
+    def run(
+        self,
+        on_iteration: Callable[[int, int, float], None] | None = None,
+        on_checkpoint: Callable[[str], None] | None = None,
+    ) -> None:
+        """Train to the end of the phase; ``on_checkpoint(why)`` after a pruning step and at each epoch's end."""
+        config, criterion = self.config, nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
+        memory = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.net.train()
+        while not self.done:
+            epoch, skip = divmod(self.iteration, self.per_epoch)
+            sampler = getattr(self.loader, "sampler", None)
+            if isinstance(sampler, EpochSampler):
+                sampler.set_epoch(epoch, skip)
+            elif hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)  # type: ignore[union-attr]
+            for x, y in self.loader:
+                x = x.to(self.device, non_blocking=True, memory_format=memory)
+                y = y.to(self.device, non_blocking=True)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = config.lr_at(self.iteration / self.total)
+                self.optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                    loss = criterion(self.net(x), y)
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+                pruned = self.pruner.step() if self.pruner is not None else None
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.iteration += 1
+                if on_iteration:
+                    on_iteration(self.iteration, self.total, loss.item())
+                end_of_epoch = self.iteration % self.per_epoch == 0
+                if on_checkpoint and (pruned is not None or end_of_epoch or self.done):
+                    on_checkpoint("pruning step" if pruned is not None else "epoch")
+                if self.done or end_of_epoch:
+                    break
+
+
 def train(
     model: nn.Module,
     loader: DataLoader,
@@ -69,48 +174,19 @@ def train(
     on_iteration: Callable[[int, int, float], None] | None = None,
 ) -> None:
     """Train in place; ``pruner.step()`` runs after each backward, ``on_iteration(i, total, loss)`` after each step."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=True,
-    )
-    total = config.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total, 1))
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    device = next(model.parameters()).device
-    set_epoch = getattr(loader.sampler, "set_epoch", None)  # a DistributedSampler reshuffles per epoch
-    model.train()
-    i = 0
-    for epoch in range(config.epochs):
-        if set_epoch is not None:
-            set_epoch(epoch)
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(x), y)
-            loss.backward()
-            if pruner is not None:
-                pruner.step()
-            optimizer.step()
-            scheduler.step()
-            i += 1
-            if on_iteration:
-                on_iteration(i, total, loss.item())
+    Trainer(model, loader, config, pruner).run(on_iteration)
 
 
-def train_with_progress(
-    model: nn.Module, loader: DataLoader, epochs: float, lr: float, ui: UI, what: str, pruner=None
-) -> None:
-    """``train`` with a progress bar named ``what``; a fractional ``epochs`` counts its bar in iterations."""
-    total = max(1, math.ceil(epochs * len(loader)))
-    ui.bar(what, what, 0, total)
+def run_with_progress(trainer: Trainer, ui: UI, what: str, on_checkpoint: Callable[[str], None] | None = None) -> None:
+    """``trainer.run`` with one progress bar per epoch, named ``what``."""
+    epochs = math.ceil(trainer.total / trainer.per_epoch)
 
-    def progress(i: int, _total: int, loss: float) -> None:
-        ui.bar(what, f"{what} (loss {loss:.3f})", i, total)
+    def progress(i: int, total: int, loss: float) -> None:
+        epoch, within = divmod(i - 1, trainer.per_epoch)
+        length = min(trainer.per_epoch, total - epoch * trainer.per_epoch)
+        ui.bar(what, f"{what}, epoch {epoch + 1}/{epochs} (loss {loss:.3f})", within + 1, length)
+        if within + 1 == length:
+            ui.done(what)
 
-    train(model, loader, TrainConfig(epochs=max(1, math.ceil(epochs)), lr=lr), pruner, progress)
+    trainer.run(progress, on_checkpoint)
     ui.done(what)

@@ -20,10 +20,10 @@ from pruning_client.demo import free_port
 CONV = "conv2d-k3x3-s1x1-p1x1-d1x1-g1-h28w28-b1-fp32"
 
 
-FAST_TIMING = {"HALP_TIMING_MAX_MS": "1000"}
-"""For services the end-to-end prunes use: one measurement stops after 1 s instead of 3 when its median
-will not settle (a noisy host), which is most of what those runs wait for; on a quiet host it settles
-well before either."""
+FAST_TIMING = {"HALP_TIMING_MAX_MS": "300"}
+"""For services the end-to-end prunes use: one measurement stops after 0.3 s instead of 3 when its median
+will not settle (a noisy host), which is most of what those runs wait for (a run makes 30-60 whole-model
+measurements per target); on a quiet host a small model's median settles well before either."""
 
 
 def halp(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -58,6 +58,7 @@ class ServiceProcess:
     env: dict[str, str] = field(default_factory=dict)
     backend: str = "onnxruntime"
     threads: int = 1
+    log_level: str = "warning"  # info: an access line per request, with the client's User-Agent
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log: Path | None = None
@@ -71,7 +72,7 @@ class ServiceProcess:
         cmd = [
             sys.executable, "-m", "pruning_client.cli", "serve", "--backend", self.backend,
             "--db", f"sqlite:///{self.db}", "--port", str(self.port), "--threads", str(self.threads),
-            "--log-level", "warning",
+            "--log-level", self.log_level,
         ]  # fmt: skip
         self.log = self.db.with_suffix(f".{self.port}.log")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
@@ -119,7 +120,7 @@ def shared_services(tmp_path_factory) -> Iterator[tuple[ServiceProcess, ServiceP
     per test. Only for tests that do not count what a service measured."""
     tmp = tmp_path_factory.mktemp("shared-services")
     services = (
-        ServiceProcess(db=tmp / "one-thread.db", env=FAST_TIMING).start(),
+        ServiceProcess(db=tmp / "one-thread.db", env=FAST_TIMING, log_level="info").start(),
         ServiceProcess(db=tmp / "two-threads.db", threads=2, env=FAST_TIMING).start(),
     )
     yield services

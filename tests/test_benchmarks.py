@@ -17,7 +17,12 @@ from pruning_client.knapsack import MULTI_TARGET_GAP
 from tests.conftest import FAST_TIMING
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
-ON_SHARED_SERVICE = {"latency_model", "budget", "hardware_awareness"}  # profiling_cost counts what it measures
+ON_SHARED_SERVICE = {
+    "latency_model",
+    "budget",
+    "hardware_awareness",
+    "distributed",
+}  # profiling_cost counts what it measures
 
 
 def start(script: str, out: Path, *args: str) -> subprocess.Popen:
@@ -93,6 +98,16 @@ def check_hardware_awareness(body: dict) -> None:
         assert 0 < summary["saliency_kept"]["mean"] <= 1 and 0 < summary["measured_ratio"]["mean"] < 1, method
 
 
+def check_distributed(body: dict) -> None:
+    one, two = body["runs"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    for run in body["runs"]:
+        assert run["training"]["prune"]["images"] > 0 and run["training"]["finetune"]["images_per_s"] > 0, run
+        assert 0 < run["measured_ratio"] < 1, run
+    # the second run trained on both processes: each iteration's global batch was twice the first's
+    assert two["training"]["prune"]["images"] == 2 * one["training"]["prune"]["images"]
+
+
 def check_profiling_cost(body: dict) -> None:
     assert body["points_measured"] > 0 and body["recheck_points"] > 0 and body["seconds"] > 0
 
@@ -106,6 +121,7 @@ def check_profiling_cost(body: dict) -> None:
         ("budget", check_budget),
         ("hardware_awareness", check_hardware_awareness),
         ("profiling_cost", check_profiling_cost),
+        ("distributed", check_distributed),
     ],
 )
 def test_quick_benchmark_writes_results(script, check, tmp_path, request):

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pruning_client.data import DataError, load_data
-from tests.conftest import FAST_TIMING, assert_steps_met_their_budgets, cache_env, halp
+from tests.conftest import assert_steps_met_their_budgets, cache_env, halp
 
 CLASSES = ("zero", "one", "two")
 
@@ -74,8 +74,8 @@ def test_one_class_and_a_missing_path_are_clear_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_halp_prune_takes_an_image_folder(make_service, tmp_path):
-    service = make_service(env=FAST_TIMING)
+def test_halp_prune_takes_an_image_folder(shared_services, tmp_path):
+    service = shared_services[0]  # 32x32 inputs: ResNet-20's tables of the digits runs, but a 3-class head
     root = write_folder(tmp_path / "data", {"train": 40, "val": 10})
     out = tmp_path / "run"
     result = halp(

@@ -99,7 +99,7 @@ def test_per_target_prunes_one_model_per_target_and_reports_each(shared_services
     out = tmp_path / "run"
     result = halp(
         "prune", "--model", "resnet20", "--target", first.url, "--target", second.url, "--per-target",
-        "--latency-ratio", "0.7", "--steps", "1", "--epochs", "1", "--pretrain-epochs", "1", "--out", str(out),
+        "--latency-ratio", "0.7", "--steps", "1", "--epochs", "0", "--pretrain-epochs", "0", "--out", str(out),
         env=cache_env(tmp_path, "cache"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -115,7 +115,7 @@ def test_several_targets_get_one_model_that_meets_every_budget(shared_services, 
     out = tmp_path / "run"
     result = halp(
         "prune", "--model", "resnet20", "--target", first.url, "--target", second.url,
-        "--latency-ratio", "0.7", "--steps", "1", "--epochs", "1", "--pretrain-epochs", "1", "--out", str(out),
+        "--latency-ratio", "0.7", "--steps", "1", "--epochs", "0", "--pretrain-epochs", "0", "--out", str(out),
         env=cache_env(tmp_path, "cache"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

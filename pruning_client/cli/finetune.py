@@ -33,7 +33,7 @@ def finetune(
     """
     import torch
 
-    from pruning_client.data import load_data
+    from pruning_client.data import Feed, load_data
     from pruning_client.distributed import distributed
     from pruning_client.distributed import finetune as run_finetune
     from pruning_client.models.registry import load_model
@@ -42,8 +42,8 @@ def finetune(
     out = out or model_path.with_name(f"{model_path.stem}-finetuned.pt")
     try:
         model = load_model(model_path)
-        loaders = load_data(data, input_size, batch, seed)
         with distributed() as ctx, RichUI(err) if ctx.main else nullcontext() as ui:
+            loaders = load_data(data, input_size, batch, seed, Feed(ctx.world, ctx.rank))
             progress = (lambda i, n, loss: ui.bar("train", f"fine-tuning (loss {loss:.3f})", i, n)) if ui else None
             result = run_finetune(model, loaders, TrainConfig(epochs=epochs, lr=lr), ctx, progress)
             if ctx.main:

@@ -100,7 +100,7 @@ def profile(
 
 @app.command()
 def prune(
-    target: Targets,
+    target: Targets = None,
     model: ModelName = "resnet18",
     weights: Weights = None,
     latency_ratio: Ratio = 0.5,
@@ -109,40 +109,80 @@ def prune(
     batch: Batch = 1,
     dtype: Dtype = "fp32",
     steps: Annotated[int, typer.Option(help="pruning steps (exponential budget schedule)")] = 10,
+    interval: Annotated[
+        int,
+        typer.Option(help="training iterations between pruning steps (default: the steps spread over --prune-epochs)"),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="fine-tuning epochs after the last pruning step")] = 3,
     pretrain_epochs: Annotated[
         int, typer.Option(help="train from scratch first (default 8 for digits without --weights)")
     ] = None,
     prune_epochs: Annotated[float, typer.Option(help="training epochs over which the pruning steps are spread")] = 1.0,
-    lr: Annotated[float, typer.Option(help="learning rate while pruning and fine-tuning")] = 0.02,
+    lr: Annotated[float, typer.Option(help="peak learning rate while pruning and fine-tuning")] = 0.02,
+    train_batch: Annotated[
+        int, typer.Option(help="training batch per process (under torchrun the global batch is N times this)")
+    ] = 64,
+    momentum: Annotated[float, typer.Option(help="SGD momentum (Nesterov)")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="weight decay (not on biases and norms)")] = 5e-4,
+    schedule: Annotated[
+        str, typer.Option(help="learning-rate decay per phase: cosine, or step (x0.1 at 1/3, 2/3)")
+    ] = "cosine",
+    warmup: Annotated[float, typer.Option(help="fraction of each phase with a linear learning-rate warm-up")] = 0.0,
+    label_smoothing: Annotated[float, typer.Option(help="label smoothing of the cross-entropy")] = 0.1,
+    amp: Annotated[bool, typer.Option(help="automatic mixed precision (fp16 autocast) when training on GPUs")] = False,
+    channels_last: Annotated[bool, typer.Option(help="train in channels-last memory layout")] = False,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes per training process")] = 0,
+    calibrate: Annotated[
+        bool, typer.Option(help="fit each target's latency model to measured whole models (else: the tables' sum)")
+    ] = True,
+    measure_steps: Annotated[bool, typer.Option(help="measure the model on every target after each step")] = True,
     block_size: BlockSize = None,
     fixed: Fixed = None,
     per_target: Annotated[bool, typer.Option(help="one model per target instead of one meeting every budget")] = False,
-    out: Annotated[Path, typer.Option(help="output directory")] = Path("halp-out"),
+    out: Annotated[Path, typer.Option(help="output directory (checkpoints in OUT/checkpoints)")] = Path("halp-out"),
+    resume: Annotated[
+        Path, typer.Option(metavar="DIR", help="continue the run whose --out was DIR from its last checkpoint")
+    ] = None,
     token: Token = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
 ) -> None:
     """Prune a model until its latency, measured by each target's service, meets the budget.
 
-    Writes model.pt, model.onnx, report.json, report.md and plots to --out.
+    Writes model.pt, model.onnx, report.json, report.md and plots to --out, and a checkpoint after
+    every pruning step and epoch to OUT/checkpoints/last.pt; --resume OUT continues from it (its
+    settings are the interrupted run's). Data-parallel under torchrun: torchrun --nproc-per-node N
+    -m pruning_client.cli prune ... (rank 0 alone talks to the targets and writes files).
     """
+    from pruning_client.checkpoint import load_checkpoint
+    from pruning_client.distributed import StoppedByMain, distributed
     from pruning_client.workflow import Run, RunSettings
 
     _check_dtype(dtype)
-    settings = RunSettings(
-        targets=target, model=model, weights=weights, latency_ratio=latency_ratio, data=data, input_size=input_size,
-        batch=batch, dtype=dtype, steps=steps, epochs=epochs, pretrain_epochs=pretrain_epochs,
-        prune_epochs=prune_epochs, lr=lr, block_size=block_size, per_target=per_target, out=out, token=token,
-        seed=seed, fixed=_modules(fixed),
-    )  # fmt: skip
     try:
-        with RichUI(err) as ui:
-            run = Run(settings, ui)
+        with distributed() as ctx, RichUI(err) as ui:
+            if resume is not None:
+                saved = ctx.from_main(lambda: load_checkpoint(resume))
+                settings = RunSettings(**{**saved["settings"], "token": token or saved["settings"].get("token")})
+            else:
+                saved = None
+                settings = RunSettings(
+                    targets=target or [], model=model, weights=weights, latency_ratio=latency_ratio, data=data,
+                    input_size=input_size, batch=batch, dtype=dtype, steps=steps, epochs=epochs,
+                    pretrain_epochs=pretrain_epochs, prune_epochs=prune_epochs, lr=lr, block_size=block_size,
+                    per_target=per_target, out=out, token=token, seed=seed, fixed=_modules(fixed),
+                    calibrate=calibrate, measure_steps=measure_steps, train_batch=train_batch, interval=interval,
+                    momentum=momentum, weight_decay=weight_decay, schedule=schedule, warmup=warmup,
+                    label_smoothing=label_smoothing, amp=amp, channels_last=channels_last, workers=workers,
+                )  # fmt: skip
+            run = Run(settings, ui if ctx.main else None, ctx, resume=saved)
             run.prune()
+    except StoppedByMain:
+        raise typer.Exit(1) from None  # rank 0 says why, once
     except run_errors() as e:
         raise fail(str(e)) from None
-    for directory in run.outputs:  # --per-target writes one report per target
-        _print_report(directory)
+    if ctx.main:
+        for directory in run.outputs:  # --per-target writes one report per target
+            _print_report(directory)
 
 
 def _print_report(directory: Path) -> None:
