@@ -4,6 +4,14 @@ A mask per group (True = kept) says which channels survive; every module that
 outputs those channels (the group's convs, linears and norms) has its outputs
 multiplied by the mask, so the network trains as if already pruned while its
 shapes stay unchanged.
+
+Hooks rather than masked parameters, also under DistributedDataParallel: DDP runs
+the wrapped module's forward, so the hooks on its submodules fire on every rank;
+they change no parameter, so DDP's initial broadcast and gradient buckets see the
+model they were built for; and a masked channel's weights get zero gradient from
+its zeroed output, identically on every rank. Masking the weights instead would
+need the mask re-applied after every optimizer step (momentum and weight decay
+move them) and kept out of DDP's parameter checks.
 """
 
 from __future__ import annotations

@@ -409,6 +409,10 @@ class Run:
             model, example, models, self.s.latency_ratio, self.s.steps, interval, self.block_sizes(graph),
             on_step=after_step, ctx=ctx,
         )  # fmt: skip
+        for t, goal, full in zip(targets, pruner.target_ms, pruner.full_ms, strict=False):  # rank 0 has targets
+            self.ui.stage(
+                f"budget on {t.profiler.url}: {goal:.3f} ms ({self.s.latency_ratio:g} x {full:.3f} ms predicted)"
+            )
         finetuning = saved is not None and saved["phase"] == "finetune"
         if saved:
             pruner.load_state_dict(saved["pruner"])

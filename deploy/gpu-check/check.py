@@ -36,7 +36,9 @@ def pytest_gpu(out: Path, mode: str) -> dict:
     xml = out / "pytest-gpu.xml"
     tests = sorted((ROOT / "tests").glob("test_*.py"))
     files = [str(p.relative_to(ROOT)) for p in tests if "mark.gpu" in p.read_text()]
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={xml}", *files]
+    # -o addopts: without the project's "-n auto" (pytest-xdist is not on a bare GPU machine)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=-ra", "-m", "gpu", "-p", "no:cacheprovider",
+           f"--junitxml={xml}", *files]  # fmt: skip
     rc = run(cmd, out, "pytest-gpu", 150)  # only the files with gpu tests: collecting the rest costs seconds
     if not xml.exists():
         return {"status": "failed", "reason": f"pytest exited {rc} without a report"}
