@@ -225,6 +225,8 @@ class HALPPruner:
         if self.history:
             self._hooks.apply()
         self.ctx.agree("pruning masks", digest(*self.masks))
+        if self.history:  # the steps rank 0 took alone were never on the others; their outcome now is
+            self.history[-1].ranks_agreed = self.ctx.world
 
     # --- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:

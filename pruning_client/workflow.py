@@ -155,7 +155,8 @@ class Run:
         run_with_progress(trainer, self.ui, what, checkpoint)
         images = (trainer.iteration - first) * self.s.train_batch * self.ctx.world
         seconds = time.perf_counter() - start
-        self.training[phase] = {"images": images, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9)}
+        if images:  # a phase of no epochs (--pretrain-epochs 0) trained nothing to count
+            self.training[phase] = {"images": images, "seconds": seconds, "images_per_s": images / seconds}
 
     # --- checkpoints -----------------------------------------------------------------------------
     def checkpoint(self, why: str, *, phase: str, model: nn.Module, trainer: Trainer, **more) -> None:
