@@ -23,8 +23,9 @@ from pathlib import Path
 import httpx
 
 from pruning_client.cache import default_cache_dir
+from pruning_client.pruning_run import PruneRun
+from pruning_client.run_settings import RunSettings
 from pruning_client.ui import UI
-from pruning_client.workflow import Run, RunSettings
 
 STARTUP_TIMEOUT_S = 120
 
@@ -118,4 +119,4 @@ def run_demo(out: Path, ui: UI, latency_ratio: float = 0.5):
         ui.stage(f"starting a CPU profiler service (ONNX Runtime, 1 thread) with its store in {state}")
         with local_service(state) as url:
             ui.stage(f"profiler service at {url}")
-            return Run(demo_settings(url, out, latency_ratio), ui).prune()
+            return PruneRun(demo_settings(url, out, latency_ratio), ui).prune()

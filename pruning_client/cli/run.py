@@ -155,14 +155,15 @@ def prune(
     """
     from pruning_client.checkpoint import load_checkpoint
     from pruning_client.distributed import StoppedByMain, distributed
-    from pruning_client.workflow import Run, RunSettings
+    from pruning_client.pruning_run import PruneRun
+    from pruning_client.run_settings import RunSettings
 
     _check_dtype(dtype)
     try:
         with distributed() as ctx, RichUI(err) as ui:
             if resume is not None:
                 saved = ctx.from_main(lambda: load_checkpoint(resume))
-                settings = RunSettings(**{**saved["settings"], "token": token or saved["settings"].get("token")})
+                settings = RunSettings(**{**saved["settings"], "token": token})  # HALP_API_TOKEN if None
             else:
                 saved = None
                 settings = RunSettings(
@@ -174,7 +175,7 @@ def prune(
                     momentum=momentum, weight_decay=weight_decay, schedule=schedule, warmup=warmup,
                     label_smoothing=label_smoothing, amp=amp, channels_last=channels_last, workers=workers,
                 )  # fmt: skip
-            run = Run(settings, ui if ctx.main else None, ctx, resume=saved)
+            run = PruneRun(settings, ui if ctx.main else None, ctx, resume=saved)
             run.prune()
     except StoppedByMain:
         raise typer.Exit(1) from None  # rank 0 says why, once

@@ -1,0 +1,258 @@
+"""``halp prune``: train, prune on schedule with fine-tuning, repair, fine-tune, measure, report.
+
+The run is data-parallel under torchrun (``distributed.Context``): every rank trains, rank 0 alone
+talks to the targets and decides, and its outcome is broadcast. A checkpoint after every pruning step
+and epoch (``checkpoint``) lets ``--resume`` continue at the iteration the run had reached.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pruning_client.checkpoint import LAST, save_atomic
+from pruning_client.data import Loaders
+from pruning_client.distributed import accuracy, sync_buffers, wrap
+from pruning_client.graph import ModelGraph, analyse
+from pruning_client.latency import LatencyModel, LatencyTables
+from pruning_client.pruner import HALPPruner, PruneStep
+from pruning_client.repair import repair_to_measured_budget, side_by_side
+from pruning_client.report import TargetReport, staircase, target_reports, write_report
+from pruning_client.targets import Target, parallel
+from pruning_client.train import Trainer, run_with_progress
+from pruning_client.workflow import Run, input_shape
+
+
+class PruneRun(Run):
+    """One ``halp prune`` (per process under torchrun); ``prune()`` runs it."""
+
+    def pretrain(self, model: nn.Module, data: Loaders) -> None:
+        """Train from scratch when no weights were given (8 epochs on the digits by default)."""
+        if self.s.weights:
+            return
+        epochs = self.s.pretrain_epochs if self.s.pretrain_epochs is not None else 8
+        trainer = Trainer(wrap(model, self.ctx), data.train, self.s.recipe(epochs, 0.05))
+        if self.saved:  # resuming inside pretraining
+            model.load_state_dict(self.saved["model"])
+            trainer.load_state_dict(self.saved["trainer"])
+        checkpoint = partial(self.checkpoint, phase="pretrain", model=model, trainer=trainer)
+        self.timed(trainer, "pretrain", "training the unpruned model", checkpoint)
+        sync_buffers(model, self.ctx)
+
+    def timed(self, trainer: Trainer, phase: str, what: str, checkpoint) -> None:
+        """Run a training phase with progress bars, and record its throughput (images/s over every rank)."""
+        first, start = trainer.iteration, time.perf_counter()
+        run_with_progress(trainer, self.ui, what, checkpoint)
+        images = (trainer.iteration - first) * self.s.train_batch * self.ctx.world
+        seconds = time.perf_counter() - start
+        if images:  # a phase of no epochs (--pretrain-epochs 0) trained nothing to count
+            self.training[phase] = {"images": images, "seconds": seconds, "images_per_s": images / seconds}
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    def checkpoint(self, why: str, *, phase: str, model: nn.Module, trainer: Trainer, **more) -> None:
+        """``OUT/checkpoints/last.pt`` after a pruning step or an epoch (rank 0 writes; every rank calls)."""
+        if not self.ctx.main:
+            return
+        state = {
+            "settings": {**dataclasses.asdict(self.s), "token": None},  # a secret: given again on resume
+            "phase": phase,
+            "why": why,
+            "world": self.ctx.world,
+            "elapsed": time.perf_counter() - self._start,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "trainer": trainer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "fingerprints": {t.profiler.url: t.profiler.fingerprint for t in self._targets},
+            "targets": [t.state_dict() for t in self._targets],
+            **self._progress,
+            **more,
+        }
+        save_atomic(state, self.s.out / LAST)
+
+    # --- halp prune ----------------------------------------------------------------------------
+    def announce(self, data: Loaders) -> None:
+        """What the run will do, before it does it."""
+        s, per_epoch = self.s, data.train.sampler.batches_per_epoch  # type: ignore[attr-defined]
+        interval = self.interval(per_epoch)
+        pretrain = 0 if s.weights else (s.pretrain_epochs if s.pretrain_epochs is not None else 8)
+        self.ui.stage(
+            f"plan: {f'{pretrain} epoch(s) of training from scratch, ' if pretrain else ''}{s.steps} pruning "
+            f"step(s), one every {interval} iteration(s) ({s.steps * interval} iterations), then {s.epochs} "
+            f"fine-tuning epoch(s); {self.ctx.world} process(es) x batch {s.train_batch} = global batch "
+            f"{self.ctx.world * s.train_batch}, {per_epoch} iterations per epoch; {s.schedule} learning rate"
+            f"{f' with {s.warmup:g} warm-up' if s.warmup else ''}; targets: {', '.join(s.targets)} at "
+            f"{s.latency_ratio:g} x their measured latency"
+        )
+
+    def interval(self, per_epoch: int) -> int:
+        """Iterations between pruning steps: given, or the steps spread over ``prune_epochs``."""
+        return self.s.interval or max(1, round(self.s.prune_epochs * per_epoch) // self.s.steps)
+
+    def prune(self) -> list[TargetReport]:
+        """The run; rank 0 returns the reports (one per target), the other ranks an empty list."""
+        saved, busy = self.saved, os.getloadavg()[0]  # read before this run loads the machine itself
+        self._start = time.perf_counter() - (saved["elapsed"] if saved else 0.0)
+        self._targets, self._progress = [], {}
+        data, model = self.load()
+        try:
+            graph, targets, example, deploy = self.setup(model, data.input_size)
+            self._targets = targets
+            self.fit_threads(busy)
+            self.announce(data)
+            if saved:
+                torch.set_rng_state(saved["rng"])
+                self.ui.stage(f"resuming from {self.s.out / LAST}: {saved['phase']}, after a {saved['why']}")
+            if saved is None or saved["phase"] == "pretrain":
+                self.pretrain(model, data)
+                accuracy_before = accuracy(model, data.val, self.ctx)
+                unpruned = self.ctx.on_main(lambda: self.calibrate(targets, model, graph, example, deploy))
+                self.saved = saved = None  # the resumed part is behind
+            else:
+                model.load_state_dict(saved["pretrained"])
+                accuracy_before = saved["accuracy_before"]
+                for t, state in zip(targets, saved["targets"], strict=True):
+                    t.load_state_dict(state)
+                unpruned = self.ctx.on_main(lambda: self.export(model, deploy))
+            self.ui.stage(f"unpruned accuracy {accuracy_before:.2f} %")
+            pretrained = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            groups = (
+                [[i] for i in range(len(self.s.targets))] if self.s.per_target else [list(range(len(self.s.targets)))]
+            )
+            reports = []
+            for i, group in enumerate(groups):
+                out = self.s.out / f"target{i}" if len(groups) > 1 else self.s.out
+                self.outputs.append(out)
+                if saved and i < saved["group"]:
+                    continue  # finished before the run was interrupted: its report is written
+                self._progress = {"group": i, "pretrained": pretrained, "accuracy_before": accuracy_before}
+                work = copy.deepcopy(model) if len(groups) > 1 else model
+                work_graph = graph if work is model else self.analyse(work, example)
+                reports += self._prune_for(
+                    [targets[j] for j in group] if targets else [], len(group), work, work_graph, data, out,
+                    accuracy_before=accuracy_before, unpruned_onnx=unpruned, example=example, deploy=deploy,
+                )  # fmt: skip
+                self.saved = saved = None
+            return reports
+        finally:
+            self.close()
+
+    def _prune_for(
+        self, targets: list[Target], n_targets: int, model: nn.Module, graph: ModelGraph, data: Loaders, out: Path,
+        *, accuracy_before: float, unpruned_onnx: bytes | None, example: torch.Tensor, deploy: torch.Tensor,
+    ) -> list[TargetReport]:  # fmt: skip
+        """Prune ``model`` for ``targets`` jointly, fine-tune it, measure it and write its report to ``out``.
+
+        Rank 0 holds the targets; the other ranks hold latency models without tables (they never
+        decide) and follow rank 0's steps.
+        """
+        ctx, saved, shape = self.ctx, self.saved, input_shape(deploy)
+        models = [LatencyModel(graph, t.latency.tables, t.latency.calibration) for t in targets]
+        for t, m in zip(targets, models, strict=True):  # a per-target copy has its own graph
+            t.latency = m
+        models = models or [LatencyModel(graph, LatencyTables()) for _ in range(n_targets)]
+        channels_before = {lc.name: (lc.cin, lc.cout) for lc in graph.layers}
+        measured_steps: list[list[float]] = saved["measured_steps"] if saved else []
+
+        def after_step(record: PruneStep) -> None:  # rank 0 only
+            self.ui.stage(record.describe(self.s.steps))
+            if self.s.measure_steps:
+                thin = self.export(pruner.thinned_copy(), deploy)
+                measured_steps.append(
+                    [r.median_ms for r in parallel(lambda t: t.profiler.measure(thin, shape), targets)]
+                )
+                for t, ms in zip(targets, measured_steps[-1], strict=True):
+                    if refit := t.refit_if_drifted(pruner.keep_counts(), ms):
+                        self.ui.stage(f"{t.profiler.url}: {refit}")
+
+        interval = self.interval(data.train.sampler.batches_per_epoch)  # type: ignore[attr-defined]
+        pruner = HALPPruner(
+            model, example, models, self.s.latency_ratio, self.s.steps, interval, self.block_sizes(graph),
+            on_step=after_step, ctx=ctx,
+        )  # fmt: skip
+        for t, goal, full in zip(targets, pruner.target_ms, pruner.full_ms, strict=False):  # rank 0 has targets
+            self.ui.stage(
+                f"budget on {t.profiler.url}: {goal:.3f} ms ({self.s.latency_ratio:g} x {full:.3f} ms predicted)"
+            )
+        finetuning = saved is not None and saved["phase"] == "finetune"
+        if saved:
+            pruner.load_state_dict(saved["pruner"])
+        if not finetuning:
+            trainer = Trainer(
+                wrap(model, ctx), data.train, self.s.recipe(self.s.prune_epochs, self.s.lr), pruner,
+                iterations=self.s.steps * interval,
+            )  # fmt: skip
+            if saved:
+                model.load_state_dict(saved["model"])
+                trainer.load_state_dict(saved["trainer"])
+
+            def checkpoint(why: str) -> None:
+                self.checkpoint(why, phase="prune", model=model, trainer=trainer, pruner=pruner.state_dict(),
+                                measured_steps=measured_steps)  # fmt: skip
+
+            self.timed(trainer, "prune", "pruning with fine-tuning", checkpoint)
+            while not pruner.done:  # a schedule longer than the data: the remaining steps now
+                pruner.prune_now()
+            with pruner.solo():  # rank 0 measures and repairs; the others take its masks after
+                ctx.on_main(
+                    lambda: repair_to_measured_budget(
+                        pruner, targets, unpruned_onnx, lambda: self.export(pruner.thinned_copy(), deploy),
+                        self.s.latency_ratio, shape, self.ui.stage,
+                    )  # type: ignore[arg-type]
+                )  # fmt: skip
+            pruner.adopt_main()
+        pruned = pruner.finalize()
+        trainer = Trainer(wrap(pruned, ctx), data.train, self.s.recipe(self.s.epochs, self.s.lr))
+        if finetuning:
+            pruned.load_state_dict(saved["model"])  # type: ignore[index]
+            trainer.load_state_dict(saved["trainer"])  # type: ignore[index]
+
+        def checkpoint_finetune(why: str) -> None:
+            self.checkpoint(why, phase="finetune", model=pruned, trainer=trainer, pruner=pruner.state_dict(),
+                            measured_steps=measured_steps)  # fmt: skip
+
+        self.timed(trainer, "finetune", "fine-tuning the pruned model", checkpoint_finetune)
+        sync_buffers(pruned, ctx)
+        accuracy_after = accuracy(pruned, data.val, ctx)
+        reports = ctx.on_main(
+            lambda: self._finish(
+                targets, pruner, pruned, graph, out, accuracies=(accuracy_before, accuracy_after),
+                unpruned_onnx=unpruned_onnx, measured_steps=measured_steps, channels_before=channels_before,
+                example=example, deploy=deploy,
+            )  # type: ignore[arg-type]
+        )  # fmt: skip
+        return reports or []
+
+    def _finish(
+        self, targets: list[Target], pruner: HALPPruner, pruned: nn.Module, graph: ModelGraph, out: Path, *,
+        accuracies: tuple[float, float], unpruned_onnx: bytes, measured_steps: list[list[float]],
+        channels_before: dict, example: torch.Tensor, deploy: torch.Tensor,
+    ) -> list[TargetReport]:  # fmt: skip
+        """Rank 0: the pruned model measured on every target against the unpruned one, and the report."""
+        pruned_onnx = self.export(pruned, deploy)
+        final = side_by_side(targets, unpruned_onnx, pruned_onnx, input_shape(deploy))
+        final_graph = analyse(pruned.eval(), example, batch=self.s.batch, dtype=self.s.dtype)  # type: ignore[arg-type]
+        reports = target_reports(targets, final, pruner.keep_counts(), pruner.target_ms, accuracies)
+        write_report(
+            out,
+            settings=self.s,
+            reports=reports,
+            history=pruner.history,
+            measured_steps=measured_steps,
+            channels_before=channels_before,
+            channels_after={lc.name: (lc.cin, lc.cout) for lc in final_graph.layers},
+            model=pruned.cpu(),
+            onnx_bytes=pruned_onnx,
+            staircase=staircase(targets[0].latency, final_graph, channels_before),
+            seconds=time.perf_counter() - self._start,
+            graph={"held": graph.held, "unmodelled_weight_share": graph.unmodelled_weight_share},
+            world=self.ctx.world,
+            training=self.training,
+        )
+        return reports
