@@ -1,9 +1,10 @@
-"""Data-parallel training under ``torchrun`` (DDP): the reference trainer on many GPUs or CPU processes.
+"""Data-parallel runs under ``torchrun`` (DDP) on many GPUs or CPU processes: the process group, the
+collectives a pruning run needs (rank-0 work and its outcome, agreement checks), and ``halp finetune``.
 
-``torchrun --nproc-per-node N -m pruning_client.cli finetune OUT/model.pt --data PATH`` fine-tunes a
-pruned model on N devices; without torchrun's environment the same command runs as one process.
-Each rank trains on its own shard of the data, DDP averages the gradients, evaluation counts are
-summed over the ranks, and only rank 0 writes files.
+``torchrun --nproc-per-node N -m pruning_client.cli prune|finetune ...`` runs on N devices; without
+torchrun's environment the same command runs as one process. Each rank trains on its own shard of the
+data, DDP averages the gradients, evaluation counts are summed over the ranks, and only rank 0 writes
+files.
 """
 
 from __future__ import annotations

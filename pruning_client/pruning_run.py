@@ -41,7 +41,7 @@ class PruneRun(Run):
         trainer = Trainer(wrap(model, self.ctx), data.train, self.s.recipe(epochs, 0.05))
         if self.saved:  # resuming inside pretraining
             model.load_state_dict(self.saved["model"])
-            trainer.load_state_dict(self.saved["trainer"])
+            trainer.load_state_dict(self.saved["trainer"], self.saved["world"] / self.ctx.world)
         checkpoint = partial(self.checkpoint, phase="pretrain", model=model, trainer=trainer)
         self.timed(trainer, "pretrain", "training the unpruned model", checkpoint)
         sync_buffers(model, self.ctx)
@@ -108,7 +108,7 @@ class PruneRun(Run):
             self.announce(data)
             if saved:
                 torch.set_rng_state(saved["rng"])
-                self.ui.stage(f"resuming from {self.s.out / LAST}: {saved['phase']}, after a {saved['why']}")
+                self.ui.stage(f"resuming from {self.s.out / LAST}: {saved['phase']}, after {saved['why']}")
             if saved is None or saved["phase"] == "pretrain":
                 self.pretrain(model, data)
                 accuracy_before = accuracy(model, data.val, self.ctx)
@@ -211,7 +211,7 @@ class PruneRun(Run):
         trainer = Trainer(wrap(pruned, ctx), data.train, self.s.recipe(self.s.epochs, self.s.lr))
         if finetuning:
             pruned.load_state_dict(saved["model"])  # type: ignore[index]
-            trainer.load_state_dict(saved["trainer"])  # type: ignore[index]
+            trainer.load_state_dict(saved["trainer"], saved["world"] / ctx.world)  # type: ignore[index]
 
         def checkpoint_finetune(why: str) -> None:
             self.checkpoint(why, phase="finetune", model=pruned, trainer=trainer, pruner=pruner.state_dict(),

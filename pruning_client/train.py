@@ -118,8 +118,10 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        self.iteration = state["iteration"]
+    def load_state_dict(self, state: dict, scale: float = 1.0) -> None:
+        """``scale``: the saved run's processes over this run's; an epoch's phase counts its position in
+        samples, so on fewer processes (more iterations per epoch) it continues where the samples were."""
+        self.iteration = min(self.total, round(state["iteration"] * scale))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
 
@@ -161,7 +163,7 @@ class Trainer:
                     on_iteration(self.iteration, self.total, loss.item())
                 end_of_epoch = self.iteration % self.per_epoch == 0
                 if on_checkpoint and (pruned is not None or end_of_epoch or self.done):
-                    on_checkpoint("pruning step" if pruned is not None else "epoch")
+                    on_checkpoint("a pruning step" if pruned is not None else "the end of an epoch")
                 if self.done or end_of_epoch:
                     break
 
