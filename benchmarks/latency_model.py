@@ -17,6 +17,7 @@ import torch
 from common import label_axes, parse_args, profiler_url, save_plot, write
 
 from pruning_client.cache import TableCache
+from pruning_client.calibration import CalibrationError
 from pruning_client.export import export_onnx
 from pruning_client.graph import analyse
 from pruning_client.latency import LatencyModel, LatencyTables
@@ -48,10 +49,17 @@ def check_model(name: str, size: int, configs: int, target: RemoteTarget, rng) -
         return float(np.median([target.measure(onnx_bytes, shape).median_ms for _ in range(MEASUREMENTS)]))
 
     start = time.perf_counter()
-    calibration = [(graph.sizes, measured(graph.sizes))] + [
-        (k, measured(k)) for k in (random_keep(rng, graph.sizes) for _ in range(2))
-    ]
-    fit = latency.calibrate(calibration)
+    probes = [graph.sizes] + [random_keep(rng, graph.sizes) for _ in range(2)]
+    calibration: list = []
+    for _ in range(3):  # a noise burst can leave three samples without a line: measure them again
+        calibration += [(k, measured(k)) for k in probes]
+        try:
+            fit = latency.calibrate(calibration)
+            break
+        except CalibrationError as e:
+            print(f"  {name}: {e}; measuring the calibration configurations again")
+    else:
+        raise SystemExit(f"{name}: no line fits the calibration measurements after 3 rounds: the host is too noisy")
     rows = []
     for i in range(configs):
         keep = random_keep(rng, graph.sizes)

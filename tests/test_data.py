@@ -81,6 +81,7 @@ def test_halp_prune_takes_an_image_folder(shared_services, tmp_path):
     result = halp(
         "prune", "--model", "resnet20", "--target", service.url, "--data", str(root), "--input-size", "32",
         "--pretrain-epochs", "1", "--steps", "2", "--epochs", "1", "--latency-ratio", "0.7", "--out", str(out),
+        "--no-calibrate",  # budgets in table units: whether a step can meet one is not left to timing noise
         env=cache_env(tmp_path, "cache"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -58,7 +58,8 @@ def test_two_processes_prune_one_model_with_rank_0_alone_talking_to_the_service(
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "pruning_client.cli"]
     done = subprocess.run(
         [sys.executable, *launcher, "prune", "--model", "resnet20", "--target", service.url, "--latency-ratio", "0.7",
-         "--steps", "2", "--interval", "3", "--epochs", "1", "--pretrain-epochs", "0", "--out", str(out)],
+         "--steps", "2", "--interval", "3", "--epochs", "1", "--pretrain-epochs", "0", "--out", str(out),
+         "--no-calibrate"],  # a noisy fit can put a budget out of reach (see test_workflow); not the point here
         capture_output=True, text=True, timeout=900, env=cache_env(tmp_path, "cache") | {"OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -111,10 +111,12 @@ def test_per_target_prunes_one_model_per_target_and_reports_each(shared_services
 
 @pytest.mark.slow
 def test_several_targets_get_one_model_that_meets_every_budget(shared_services, tmp_path):
+    """Uncalibrated: a noisy host's fit can put a target's intercept above 0.7 of its latency (a 2-thread
+    CPU service fitted 30-60 %), and then no choice meets the budget; calibration has its own tests."""
     first, second = shared_services
     out = tmp_path / "run"
     result = halp(
-        "prune", "--model", "resnet20", "--target", first.url, "--target", second.url,
+        "prune", "--model", "resnet20", "--target", first.url, "--target", second.url, "--no-calibrate",
         "--latency-ratio", "0.7", "--steps", "1", "--epochs", "0", "--pretrain-epochs", "0", "--out", str(out),
         env=cache_env(tmp_path, "cache"),
     )  # fmt: skip
