@@ -163,7 +163,8 @@ def prune(
         with distributed() as ctx, RichUI(err) as ui:
             if resume is not None:
                 saved = ctx.from_main(lambda: load_checkpoint(resume))
-                settings = RunSettings(**{**saved["settings"], "token": token})  # HALP_API_TOKEN if None
+                # DIR, wherever it was moved; the token given again (HALP_API_TOKEN if None)
+                settings = RunSettings(**{**saved["settings"], "out": resume, "token": token})
             else:
                 saved = None
                 settings = RunSettings(
