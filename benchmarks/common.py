@@ -88,3 +88,13 @@ def save_plot(fig, out: Path, name: str, quick: bool) -> Path:
     from pruning_client.plots import save_figure
 
     return save_figure(fig, _path(out, name, quick, "png"))
+
+
+def flops_tables():
+    """Tables whose every point is the layer's multiply-accumulates: a latency model that is FLOPs."""
+    from profiler_service.shapes import parse_shape
+    from pruning_client.latency import LatencyTables
+
+    return LatencyTables(
+        fetch=lambda need: {k: {p: float(parse_shape(k).macs(*p)) for p in pts} for k, pts in need.items()}
+    )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import parse_args, profiler_url, save_plot, write
+from common import flops_tables, parse_args, profiler_url, save_plot, write
 
 from pruning_client.cache import TableCache
 from pruning_client.data import digits
@@ -71,14 +71,6 @@ def closest_under(fn, target: float, knobs: np.ndarray) -> np.ndarray:
         under = [s for s in scored if s[2] <= target]
         return max(under, key=lambda s: s[2])[1]
     return min(scored, key=lambda s: s[2])[1]
-
-
-def flops_tables() -> LatencyTables:
-    from profiler_service.shapes import parse_shape
-
-    return LatencyTables(
-        fetch=lambda need: {k: {p: float(parse_shape(k).macs(*p)) for p in pts} for k, pts in need.items()}
-    )
 
 
 def run_seed(seed: int, target: RemoteTarget, epochs: int, finetune: int, ratio: float, quick: bool) -> dict:

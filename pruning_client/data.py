@@ -80,7 +80,7 @@ def digits(
     train = _Augment(images[train_idx], labels[train_idx], pad=max(1, input_size // 16), seed=seed)
     val = TensorDataset(images[val_idx], labels[val_idx])
     return Loaders(
-        _train_loader(train, batch_size, seed, feed),
+        train_loader(train, batch_size, seed, feed),
         DataLoader(val, batch_size=256),
         num_classes=10,
         input_size=input_size,
@@ -140,18 +140,19 @@ def image_folder(
     if len(classes) < 2:
         raise DataError(f"{train_dir} has {len(classes)} class folders; need at least 2")
     return Loaders(
-        _train_loader(ImageFolder(train_dir, classes, input_size, True, seed), batch_size, seed, feed),
+        train_loader(ImageFolder(train_dir, classes, input_size, True, seed), batch_size, seed, feed),
         DataLoader(ImageFolder(val_dir, classes, input_size, False), batch_size, num_workers=(feed or Feed()).workers),
         num_classes=len(classes),
         input_size=input_size,
     )
 
 
-def _train_loader(dataset: Dataset, batch: int, seed: int, feed: Feed | None) -> DataLoader:
+def train_loader(dataset: Dataset, batch: int, seed: int, feed: Feed | None, collate=None) -> DataLoader:
+    """This process's share (``feed``) of a seeded per-epoch order of ``dataset`` (``sampling``)."""
     feed = feed or Feed()
     if len(dataset) < batch * feed.world:  # type: ignore[arg-type]
         raise DataError(f"{len(dataset)} training images cannot fill one batch of {batch} per process x {feed.world}")  # type: ignore[arg-type]
-    return epoch_loader(dataset, batch, feed.world, feed.rank, seed, feed.workers, feed.pin)
+    return epoch_loader(dataset, batch, feed.world, feed.rank, seed, feed.workers, feed.pin, collate)
 
 
 def load_data(spec: str, input_size: int | None, batch_size: int, seed: int = 0, feed: Feed | None = None) -> Loaders:

@@ -1,8 +1,9 @@
 """`halp demo`: the embedded default (SPEC 6), end to end on this machine with no GPU.
 
 Starts a CPU profiler service on a free loopback port, trains a CIFAR-style
-ResNet-20 on scikit-learn's digits, prunes it to half its measured latency
-with HALP, fine-tunes, and reports. The service it started is stopped on
+ResNet-20 on scikit-learn's digits (``--task detection``: an SSD on digits
+placed on canvases), prunes it to half its measured latency with HALP,
+fine-tunes, and reports. The service it started is stopped on
 success, failure and Ctrl-C alike.
 """
 
@@ -28,6 +29,7 @@ from pruning_client.run_settings import RunSettings
 from pruning_client.ui import UI
 
 STARTUP_TIMEOUT_S = 120
+DETECTION_PRETRAIN_EPOCHS = 20
 
 
 def free_port() -> int:
@@ -79,7 +81,14 @@ def _raise_exit(signum: int, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def demo_settings(url: str, out: Path, latency_ratio: float = 0.5) -> RunSettings:
+def demo_settings(url: str, out: Path, latency_ratio: float = 0.5, task: str = "classification") -> RunSettings:
+    """ResNet-20 on the digits; for detection, an SSD (ResNet backbone, width 32) on digits placed on canvases."""
+    if task == "detection":
+        return RunSettings(
+            targets=[url], task="detection", model="ssd_resnet", data="digits", input_size=128,
+            latency_ratio=latency_ratio, steps=8, pretrain_epochs=DETECTION_PRETRAIN_EPOCHS, prune_epochs=2.0,
+            epochs=8, lr=0.02, train_batch=32, out=out,
+        )  # fmt: skip
     return RunSettings(
         targets=[url],
         model="resnet20",
@@ -114,9 +123,9 @@ def demo_store() -> Iterator[Path]:
         yield shared
 
 
-def run_demo(out: Path, ui: UI, latency_ratio: float = 0.5):
+def run_demo(out: Path, ui: UI, latency_ratio: float = 0.5, task: str = "classification"):
     with demo_store() as state:
         ui.stage(f"starting a CPU profiler service (ONNX Runtime, 1 thread) with its store in {state}")
         with local_service(state) as url:
             ui.stage(f"profiler service at {url}")
-            return PruneRun(demo_settings(url, out, latency_ratio), ui).prune()
+            return PruneRun(demo_settings(url, out, latency_ratio, task), ui).prune()

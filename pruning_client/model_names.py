@@ -10,5 +10,5 @@ MODEL_NAMES = (
     "mobilenet_v1",
     "mobilenet_v2",
     "vgg16_bn",
-    "ssd_resnet",
 )
+DETECTOR_NAMES = ("ssd_resnet", "ssd_resnet50")  # --task detection

@@ -104,3 +104,35 @@ def chosen_staircase_plot(staircase: dict, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
+
+
+def detections_plot(before, after, dataset, path: Path, images: int = 4, min_score: float = 0.3) -> Path:
+    """Ground truth (dashed) and the detections of the unpruned (top) and pruned (bottom) model."""
+    import torch
+
+    from pruning_client.data import IMAGENET_MEAN, IMAGENET_STD
+
+    plt = pyplot()
+    samples = [dataset[i] for i in range(min(images, len(dataset)))]
+    batch = torch.stack([x for x, _ in samples])
+    fig, axes = plt.subplots(2, len(samples), figsize=(3 * len(samples), 6.4), squeeze=False)
+    for row, (label, model) in enumerate((("unpruned", before), ("pruned", after))):
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            predictions = model(batch.to(next(model.parameters()).device))
+        model.train(was)
+        for ax, (x, target), pred in zip(axes[row], samples, predictions, strict=True):
+            ax.imshow((x * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1).permute(1, 2, 0).numpy())
+            for x1, y1, x2, y2 in target["boxes"].tolist():
+                ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ls="--", ec="white", lw=1))
+            keep = pred["scores"] >= min_score
+            for (x1, y1, x2, y2), c, s in zip(
+                pred["boxes"][keep].tolist(), pred["labels"][keep].tolist(), pred["scores"][keep].tolist(), strict=True
+            ):
+                ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="red", lw=1.2))
+                name = dataset.category_names[c - 1]
+                ax.text(x1, y1, f"{name} {s:.2f}", color="red", fontsize=7, va="bottom")
+            ax.set_axis_off()
+        axes[row][0].set_title(f"{label} (score >= {min_score})", fontsize=9, loc="left")
+    return save_figure(fig, path)

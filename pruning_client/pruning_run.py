@@ -19,7 +19,7 @@ from torch import nn
 
 from pruning_client.checkpoint import LAST, save_atomic
 from pruning_client.data import Loaders
-from pruning_client.distributed import accuracy, sync_buffers, wrap
+from pruning_client.distributed import sync_buffers, wrap
 from pruning_client.graph import ModelGraph, analyse
 from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.pruner import HALPPruner, PruneStep
@@ -33,12 +33,18 @@ from pruning_client.workflow import Run, input_shape
 class PruneRun(Run):
     """One ``halp prune`` (per process under torchrun); ``prune()`` runs it."""
 
-    def pretrain(self, model: nn.Module, data: Loaders) -> None:
-        """Train from scratch when no weights were given (8 epochs on the digits by default)."""
+    def pretrain_epochs(self) -> int:
+        """Training from scratch when no weights were given: the task's default on the digits."""
         if self.s.weights:
+            return 0
+        return self.s.pretrain_epochs if self.s.pretrain_epochs is not None else self.task.pretrain[0]
+
+    def pretrain(self, model: nn.Module, data: Loaders) -> None:
+        if not (epochs := self.pretrain_epochs()):
             return
-        epochs = self.s.pretrain_epochs if self.s.pretrain_epochs is not None else 8
-        trainer = Trainer(wrap(model, self.ctx), data.train, self.s.recipe(epochs, 0.05))
+        _, lr, least_warmup = self.task.pretrain
+        recipe = dataclasses.replace(self.s.recipe(epochs, lr), warmup=max(self.s.warmup, least_warmup))
+        trainer = Trainer(wrap(model, self.ctx), data.train, recipe, loss=self.loss)
         if self.saved:  # resuming inside pretraining
             model.load_state_dict(self.saved["model"])
             trainer.load_state_dict(self.saved["trainer"], self.saved["world"] / self.ctx.world)
@@ -81,7 +87,7 @@ class PruneRun(Run):
         """What the run will do, before it does it."""
         s, per_epoch = self.s, data.train.sampler.batches_per_epoch  # type: ignore[attr-defined]
         interval = self.interval(per_epoch)
-        pretrain = 0 if s.weights else (s.pretrain_epochs if s.pretrain_epochs is not None else 8)
+        pretrain = self.pretrain_epochs()
         self.ui.stage(
             f"plan: {f'{pretrain} epoch(s) of training from scratch, ' if pretrain else ''}{s.steps} pruning "
             f"step(s), one every {interval} iteration(s) ({s.steps * interval} iterations), then {s.epochs} "
@@ -101,8 +107,9 @@ class PruneRun(Run):
         self._start = time.perf_counter() - (saved["elapsed"] if saved else 0.0)
         self._targets, self._progress = [], {}
         data, model = self.load()
+        self.loss = self.task.loss(self.s.label_smoothing)
         try:
-            graph, targets, example, deploy = self.setup(model, data.input_size)
+            graph, targets, example, deploy = self.setup(self.task.network(model), data.input_size)
             self._targets = targets
             self.fit_threads(busy)
             self.announce(data)
@@ -111,17 +118,20 @@ class PruneRun(Run):
                 self.ui.stage(f"resuming from {self.s.out / LAST}: {saved['phase']}, after {saved['why']}")
             if saved is None or saved["phase"] == "pretrain":
                 self.pretrain(model, data)
-                accuracy_before = accuracy(model, data.val, self.ctx)
-                unpruned = self.ctx.on_main(lambda: self.calibrate(targets, model, graph, example, deploy))
+                quality_before = self.task.evaluate(model, data.val, self.ctx)
+                net = self.task.network(model)
+                unpruned = self.ctx.on_main(lambda: self.calibrate(targets, net, graph, example, deploy))
                 self.saved = saved = None  # the resumed part is behind
             else:
                 model.load_state_dict(saved["pretrained"])
-                accuracy_before = saved["accuracy_before"]
+                quality_before = saved["quality_before"]
                 for t, state in zip(targets, saved["targets"], strict=True):
                     t.load_state_dict(state)
-                unpruned = self.ctx.on_main(lambda: self.export(model, deploy))
-            self.ui.stage(f"unpruned accuracy {accuracy_before:.2f} %")
+                unpruned = self.ctx.on_main(lambda: self.export(self.task.network(model), deploy))
+            self.ui.stage(f"unpruned: {self.task.describe(quality_before)}")
             pretrained = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            # a copy of the unpruned model for what the report compares beyond the metrics (detections)
+            self._unpruned = copy.deepcopy(model).cpu() if self.ctx.main and self.task.compares_outputs else None
             groups = (
                 [[i] for i in range(len(self.s.targets))] if self.s.per_target else [list(range(len(self.s.targets)))]
             )
@@ -131,12 +141,12 @@ class PruneRun(Run):
                 self.outputs.append(out)
                 if saved and i < saved["group"]:
                     continue  # finished before the run was interrupted: its report is written
-                self._progress = {"group": i, "pretrained": pretrained, "accuracy_before": accuracy_before}
+                self._progress = {"group": i, "pretrained": pretrained, "quality_before": quality_before}
                 work = copy.deepcopy(model) if len(groups) > 1 else model
-                work_graph = graph if work is model else self.analyse(work, example)
+                work_graph = graph if work is model else self.analyse(self.task.network(work), example)
                 reports += self._prune_for(
                     [targets[j] for j in group] if targets else [], len(group), work, work_graph, data, out,
-                    accuracy_before=accuracy_before, unpruned_onnx=unpruned, example=example, deploy=deploy,
+                    quality_before=quality_before, unpruned_onnx=unpruned, example=example, deploy=deploy,
                 )  # fmt: skip
                 self.saved = saved = None
             return reports
@@ -145,9 +155,11 @@ class PruneRun(Run):
 
     def _prune_for(
         self, targets: list[Target], n_targets: int, model: nn.Module, graph: ModelGraph, data: Loaders, out: Path,
-        *, accuracy_before: float, unpruned_onnx: bytes | None, example: torch.Tensor, deploy: torch.Tensor,
+        *, quality_before: dict[str, float], unpruned_onnx: bytes | None, example: torch.Tensor,
+        deploy: torch.Tensor,
     ) -> list[TargetReport]:  # fmt: skip
-        """Prune ``model`` for ``targets`` jointly, fine-tune it, measure it and write its report to ``out``.
+        """Prune ``model`` (its task's network) for ``targets`` jointly, fine-tune it, measure it and write
+        its report to ``out``.
 
         Rank 0 holds the targets; the other ranks hold latency models without tables (they never
         decide) and follow rank 0's steps.
@@ -173,8 +185,8 @@ class PruneRun(Run):
 
         interval = self.interval(data.train.sampler.batches_per_epoch)  # type: ignore[attr-defined]
         pruner = HALPPruner(
-            model, example, models, self.s.latency_ratio, self.s.steps, interval, self.block_sizes(graph),
-            on_step=after_step, ctx=ctx,
+            self.task.network(model), example, models, self.s.latency_ratio, self.s.steps, interval,
+            self.block_sizes(graph), on_step=after_step, ctx=ctx,
         )  # fmt: skip
         for t, goal, full in zip(targets, pruner.target_ms, pruner.full_ms, strict=False):  # rank 0 has targets
             self.ui.stage(
@@ -186,7 +198,7 @@ class PruneRun(Run):
         if not finetuning:
             trainer = Trainer(
                 wrap(model, ctx), data.train, self.s.recipe(self.s.prune_epochs, self.s.lr), pruner,
-                iterations=self.s.steps * interval,
+                iterations=self.s.steps * interval, loss=self.loss,
             )  # fmt: skip
             if saved:
                 model.load_state_dict(saved["model"])
@@ -207,8 +219,9 @@ class PruneRun(Run):
                     )  # type: ignore[arg-type]
                 )  # fmt: skip
             pruner.adopt_main()
-        pruned = pruner.finalize()
-        trainer = Trainer(wrap(pruned, ctx), data.train, self.s.recipe(self.s.epochs, self.s.lr))
+        pruner.finalize()  # in place: ``model`` (a detector around its network too) is the pruned one
+        pruned = model
+        trainer = Trainer(wrap(pruned, ctx), data.train, self.s.recipe(self.s.epochs, self.s.lr), loss=self.loss)
         if finetuning:
             pruned.load_state_dict(saved["model"])  # type: ignore[index]
             trainer.load_state_dict(saved["trainer"], saved["world"] / ctx.world)  # type: ignore[index]
@@ -219,10 +232,10 @@ class PruneRun(Run):
 
         self.timed(trainer, "finetune", "fine-tuning the pruned model", checkpoint_finetune)
         sync_buffers(pruned, ctx)
-        accuracy_after = accuracy(pruned, data.val, ctx)
+        quality_after = self.task.evaluate(pruned, data.val, ctx)
         reports = ctx.on_main(
             lambda: self._finish(
-                targets, pruner, pruned, graph, out, accuracies=(accuracy_before, accuracy_after),
+                targets, pruner, pruned, graph, out, quality=(quality_before, quality_after), val=data.val,
                 unpruned_onnx=unpruned_onnx, measured_steps=measured_steps, channels_before=channels_before,
                 example=example, deploy=deploy,
             )  # type: ignore[arg-type]
@@ -231,14 +244,15 @@ class PruneRun(Run):
 
     def _finish(
         self, targets: list[Target], pruner: HALPPruner, pruned: nn.Module, graph: ModelGraph, out: Path, *,
-        accuracies: tuple[float, float], unpruned_onnx: bytes, measured_steps: list[list[float]],
+        quality: tuple[dict, dict], val, unpruned_onnx: bytes, measured_steps: list[list[float]],
         channels_before: dict, example: torch.Tensor, deploy: torch.Tensor,
     ) -> list[TargetReport]:  # fmt: skip
         """Rank 0: the pruned model measured on every target against the unpruned one, and the report."""
-        pruned_onnx = self.export(pruned, deploy)
+        network = self.task.network(pruned)
+        pruned_onnx = self.export(network, deploy)
         final = side_by_side(targets, unpruned_onnx, pruned_onnx, input_shape(deploy))
-        final_graph = analyse(pruned.eval(), example, batch=self.s.batch, dtype=self.s.dtype)  # type: ignore[arg-type]
-        reports = target_reports(targets, final, pruner.keep_counts(), pruner.target_ms, accuracies)
+        final_graph = analyse(network.eval(), example, batch=self.s.batch, dtype=self.s.dtype)  # type: ignore[arg-type]
+        reports = target_reports(targets, final, pruner.keep_counts(), pruner.target_ms, quality)
         write_report(
             out,
             settings=self.s,
@@ -254,5 +268,6 @@ class PruneRun(Run):
             graph={"held": graph.held, "unmodelled_weight_share": graph.unmodelled_weight_share},
             world=self.ctx.world,
             training=self.training,
+            task=self.task.compare(self._unpruned, pruned, val, deploy, out),
         )
         return reports

@@ -38,8 +38,6 @@ class TargetReport:
     predicted_after_ms: float
     target_ms: float
     speedup: float
-    accuracy_before: float
-    accuracy_after: float
     calibration_a: float
     calibration_b: float
     calibration_residuals: list[float]
@@ -48,6 +46,13 @@ class TargetReport:
     latency_outside_tables: float
     points_measured: int
     points_cached: int
+    # quality in percent, per task: top-1 (classification) or COCO mAP@0.5 and mAP@[.5:.95] (detection)
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    map50_before: float | None = None
+    map50_after: float | None = None
+    map_before: float | None = None
+    map_after: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -59,9 +64,11 @@ def target_reports(
     final: Sequence[tuple],
     keep: np.ndarray,
     target_ms: Sequence[float],
-    accuracy: tuple[float, float],
+    quality: tuple[dict[str, float], dict[str, float]],
 ) -> list[TargetReport]:
-    """One report per target: ``final`` holds its (before, after) measurements, ``accuracy`` (before, after)."""
+    """One report per target: ``final`` holds its (before, after) measurements, ``quality`` the task's
+    metrics (before, after), e.g. ``({"accuracy": 91.0}, {"accuracy": 90.2})``."""
+    metrics = {f"{k}_before": v for k, v in quality[0].items()} | {f"{k}_after": v for k, v in quality[1].items()}
     return [
         TargetReport(
             target=t.profiler.url,
@@ -77,14 +84,13 @@ def target_reports(
             predicted_after_ms=t.latency.predict(keep),
             target_ms=goal,
             speedup=b.median_ms / a.median_ms,
-            accuracy_before=accuracy[0],
-            accuracy_after=accuracy[1],
             calibration_a=t.latency.calibration.a,
             calibration_b=t.latency.calibration.b,
             calibration_residuals=t.latency.calibration.residuals,
             latency_outside_tables=1 - t.latency.table_sum(t.latency.graph.sizes) / b.median_ms,
             points_measured=t.profiler.measured_points,
             points_cached=t.profiler.cached_points,
+            **metrics,
         )
         for t, (b, a), goal in zip(targets, final, target_ms, strict=True)
     ]
@@ -136,8 +142,10 @@ def write_report(
     graph: dict | None = None,
     world: int = 1,
     training: dict | None = None,
+    task: dict | None = None,
 ) -> Path:
-    """Write the run's outputs; ``graph`` notes what was held out of pruning or the latency model."""
+    """Write the run's outputs; ``graph`` notes what was held out of pruning or the latency model,
+    ``task`` what the task adds (detection: host post-processing time, the detections plot)."""
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model, out / "model.pt")  # architecture + weights: the pruned shapes are not a registry model
     (out / "model.onnx").write_bytes(onnx_bytes)
@@ -157,6 +165,7 @@ def write_report(
         },
         "staircase": staircase,
         "graph": graph or {},
+        "task": {"name": settings.task, **(task or {})},
         "seconds": seconds,
     }
     (out / REPORT_JSON).write_text(json.dumps(body, indent=2))
@@ -189,12 +198,26 @@ ROWS = [
     ("target (ms)", lambda t: f"{t['target_ms']:.3f}"),
     ("after / before", lambda t: f"{t['latency_ratio']:.3f}"),
     ("speedup", lambda t: f"{t['speedup']:.2f}x"),
-    ("accuracy before (%)", lambda t: f"{t['accuracy_before']:.2f}"),
-    ("accuracy after (%)", lambda t: f"{t['accuracy_after']:.2f}"),
+    ("accuracy before (%)", lambda t: _percent(t, "accuracy_before")),
+    ("accuracy after (%)", lambda t: _percent(t, "accuracy_after")),
+    ("mAP@0.5 before (%)", lambda t: _percent(t, "map50_before")),
+    ("mAP@0.5 after (%)", lambda t: _percent(t, "map50_after")),
+    ("mAP@[.5:.95] before (%)", lambda t: _percent(t, "map_before")),
+    ("mAP@[.5:.95] after (%)", lambda t: _percent(t, "map_after")),
     ("outside the layer tables", lambda t: f"{100 * t.get('latency_outside_tables', 0.0):+.0f} %"),
     ("device", lambda t: f"{t['backend']} on {t['accelerator']} ({t['fingerprint']})"),
     ("table points measured / cached", lambda t: f"{t['points_measured']} / {t['points_cached']}"),
 ]  # fmt: skip
+
+
+def _percent(t: dict, key: str) -> str | None:
+    return None if t.get(key) is None else f"{t[key]:.2f}"
+
+
+def rows(targets: list[dict]) -> list[tuple[str, list[str]]]:
+    """The report table's rows for these targets: (label, cells), without the task's absent metrics."""
+    out = [(label, [fmt(t) for t in targets]) for label, fmt in ROWS]
+    return [(label, cells) for label, cells in out if any(c is not None for c in cells)]
 
 
 def markdown(body: dict) -> str:
@@ -208,9 +231,18 @@ def markdown(body: dict) -> str:
         "| | " + " | ".join(t["target"] for t in body["targets"]) + " |",
         "|---|" + "---|" * len(body["targets"]),
     ]
-    for label, fmt in ROWS:
-        lines.append(f"| {label} | " + " | ".join(fmt(t) for t in body["targets"]) + " |")
+    for label, cells in rows(body["targets"]):
+        lines.append(f"| {label} | " + " | ".join(c or "-" for c in cells) + " |")
     lines += ["", "Latencies are medians measured by each target's profiler service, with [p10-p90].", ""]
+    task = body.get("task") or {}
+    if "host_postprocess_ms" in task:
+        lines += [
+            f"Box decoding and NMS run on the host, outside the measured network: {task['host_postprocess_ms']:.2f} ms "
+            f"per batch of {s['batch']} on {task['host']}.",
+            "",
+            "![detections before and after pruning](detections.png)",
+            "",
+        ]
     graph = body.get("graph") or {}
     if graph.get("held"):
         lines += ["## Held out of pruning", "", "| group of | why |", "|---|---|"]

@@ -11,6 +11,7 @@ from pruning_client.train import TrainConfig
 @dataclass
 class RunSettings:
     targets: list[str]
+    task: str = "classification"  # or "detection" (``tasks``)
     model: str = "resnet18"
     weights: Path | None = None
     latency_ratio: float = 0.5

@@ -51,12 +51,19 @@ class EpochSampler(Sampler[int]):
 
 
 def epoch_loader(
-    dataset: Dataset, batch: int, world: int = 1, rank: int = 0, seed: int = 0, workers: int = 0, pin: bool = False
+    dataset: Dataset,
+    batch: int,
+    world: int = 1,
+    rank: int = 0,
+    seed: int = 0,
+    workers: int = 0,
+    pin: bool = False,
+    collate=None,
 ) -> DataLoader:
     """A training loader over ``EpochSampler``: per-process ``batch``, whole batches only."""
     sampler = EpochSampler(len(dataset), batch, world, rank, seed)  # type: ignore[arg-type]
     sampler.dataset = dataset
     return DataLoader(
-        dataset, batch, sampler=sampler, drop_last=True, num_workers=workers, pin_memory=pin,
+        dataset, batch, sampler=sampler, drop_last=True, num_workers=workers, pin_memory=pin, collate_fn=collate,
         persistent_workers=False,  # workers are re-made each epoch, so they see the epoch just set
     )  # fmt: skip

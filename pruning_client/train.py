@@ -58,6 +58,13 @@ class TrainConfig:
 
 
 SCHEDULES = ("cosine", "step")
+Loss = Callable[[nn.Module, torch.Tensor, object], torch.Tensor]  # (net, inputs, targets) -> loss
+
+
+def cross_entropy(label_smoothing: float = 0.0) -> Loss:
+    """Classification's loss: cross-entropy of the logits ``net(x)``."""
+    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    return lambda net, x, y: criterion(net(x), y)  # type: ignore[arg-type]
 
 
 @torch.no_grad()
@@ -83,6 +90,8 @@ def evaluate(model: nn.Module, loader: DataLoader) -> float:
 class Trainer:
     """One phase of training (``config.epochs``, or ``iterations`` minibatches), resumable at any minibatch.
 
+    ``loss(net, x, y)``: cross-entropy by default; a detector's summed losses for detection (``tasks``).
+
     ``net`` is what runs forward (the model, or its DistributedDataParallel wrapper); a ``pruner`` steps
     after every backward (on gradients unscaled from AMP's loss scaling, which would otherwise scale
     the saliency). The position is counted in iterations of this process; ``state_dict`` holds it with
@@ -91,9 +100,16 @@ class Trainer:
     """
 
     def __init__(
-        self, net: nn.Module, loader: DataLoader, config: TrainConfig, pruner=None, iterations: int | None = None
+        self,
+        net: nn.Module,
+        loader: DataLoader,
+        config: TrainConfig,
+        pruner=None,
+        iterations: int | None = None,
+        loss: Loss | None = None,
     ) -> None:
         self.net, self.loader, self.config, self.pruner = net, loader, config, pruner
+        self.loss = loss or cross_entropy(config.label_smoothing)
         decay, no_decay = [], []
         for p in net.parameters():
             (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
@@ -135,7 +151,7 @@ class Trainer:
         on_checkpoint: Callable[[str], None] | None = None,
     ) -> None:
         """Train to the end of the phase; ``on_checkpoint(why)`` after a pruning step and at each epoch's end."""
-        config, criterion = self.config, nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
+        config = self.config
         memory = torch.channels_last if config.channels_last else torch.contiguous_format
         self.net.train()
         while not self.done:
@@ -147,12 +163,13 @@ class Trainer:
                 sampler.set_epoch(epoch)  # type: ignore[union-attr]
             for x, y in self.loader:
                 x = x.to(self.device, non_blocking=True, memory_format=memory)
-                y = y.to(self.device, non_blocking=True)
+                if isinstance(y, torch.Tensor):  # detection targets (a list of dicts) go to the device in the loss
+                    y = y.to(self.device, non_blocking=True)
                 for group in self.optimizer.param_groups:
                     group["lr"] = config.lr_at(self.iteration / self.total)
                 self.optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                    loss = criterion(self.net(x), y)
+                    loss = self.loss(self.net, x, y)
                 self.scaler.scale(loss).backward()
                 self.scaler.unscale_(self.optimizer)
                 pruned = self.pruner.step() if self.pruner is not None else None

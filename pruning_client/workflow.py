@@ -17,13 +17,13 @@ from torch import nn
 from pruning_client.cache import TableCache
 from pruning_client.calibration import probe_keeps
 from pruning_client.checkpoint import CheckpointError
-from pruning_client.data import Feed, Loaders, load_data
+from pruning_client.data import Feed, Loaders
 from pruning_client.distributed import Context
 from pruning_client.export import export_onnx
 from pruning_client.graph import ModelGraph, analyse
 from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.layers import GraphError
-from pruning_client.models.registry import ModelError, build_model, load_weights
+from pruning_client.models.registry import ModelError, load_weights
 from pruning_client.prunability import hold_unprunable
 from pruning_client.pruner import HALPPruner
 from pruning_client.remote import ProfilerClient, RemoteTarget
@@ -31,6 +31,7 @@ from pruning_client.run_settings import RunSettings
 from pruning_client.saliency import magnitude_saliency
 from pruning_client.schedule import block_sizes
 from pruning_client.targets import Target, parallel
+from pruning_client.tasks import get_task
 from pruning_client.thinning import pruned_copy
 from pruning_client.train import SCHEDULES, free_cores
 from pruning_client.ui import UI, SilentUI
@@ -58,6 +59,7 @@ class Run:
         if settings.schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}")
         self.s = settings
+        self.task = get_task(settings.task)
         self.ctx = ctx or Context()
         self.ui = ui if ui is not None and self.ctx.main else SilentUI()
         self.saved = resume
@@ -69,8 +71,8 @@ class Run:
     def load(self) -> tuple[Loaders, nn.Module]:
         torch.manual_seed(self.s.seed)
         feed = Feed(self.ctx.world, self.ctx.rank, self.s.workers, pin=self.ctx.device.type == "cuda")
-        data = load_data(self.s.data, self.s.input_size, self.s.train_batch, self.s.seed, feed)
-        model = build_model(self.s.model, data.num_classes)
+        data = self.task.load(self.s.data, self.s.input_size, self.s.train_batch, self.s.seed, feed)
+        model = self.task.build(self.s.model, data.num_classes)
         if self.s.weights:
             model = load_weights(model, self.s.weights)
         elif self.s.pretrain_epochs is None and self.s.data != "digits":
@@ -120,7 +122,7 @@ class Run:
         return export_onnx(model, example, self.s.dtype)
 
     def calibrate(self, targets: list[Target], model: nn.Module, graph: ModelGraph, example, deploy) -> bytes:
-        """Fit a, b per target on the unpruned model and copies thinned to 3/4 and 1/2; the unpruned ONNX."""
+        """Fit a, b per target on the unpruned network and copies thinned to 3/4 and 1/2; the unpruned ONNX."""
         unpruned = self.export(model, deploy)
         if not self.s.calibrate:
             self.ui.stage("not calibrated (--no-calibrate): the tables' sum is the predicted latency")
@@ -157,6 +159,8 @@ class Run:
     def setup(self, model: nn.Module, size: int) -> tuple[ModelGraph, list[Target], torch.Tensor, torch.Tensor]:
         """Every target contacted and pinned, the graph analysed and the unpruned model's tables measured.
 
+        ``model`` is what runs on the device: the task's network (a detector's backbone and heads).
+
         All of it comes before any training, so an unreachable target or a layer a service refuses
         is reported in seconds, not after the model has trained for minutes. Only rank 0 talks to
         the targets (the others get an empty list); every rank analyses the same graph.
@@ -186,10 +190,11 @@ class Run:
     def profile(self) -> list[dict]:
         """Rehearse the pruning schedule without data to measure every table point it will need."""
         start = time.perf_counter()
-        model = build_model(self.s.model, 1000 if self.s.data != "digits" else 10)
+        model = self.task.build(self.s.model, self.task.classes(self.s.data))
         if self.s.weights:
             model = load_weights(model, self.s.weights)
-        size = self.s.input_size or (32 if self.s.data == "digits" else 224)
+        size = self.s.input_size or self.task.input_size(self.s.data)
+        model = self.task.network(model)
         try:
             graph, targets, example, deploy = self.setup(model, size)
             # Uncalibrated (a=1, b=0): budgets are fractions of the table sum, so the same tables give

@@ -22,6 +22,7 @@ ON_SHARED_SERVICE = {
     "budget",
     "hardware_awareness",
     "distributed",
+    "detection",
 }  # profiling_cost counts what it measures
 
 
@@ -108,6 +109,14 @@ def check_distributed(body: dict) -> None:
     assert two["training"]["prune"]["images"] == 2 * one["training"]["prune"]["images"]
 
 
+def check_detection(body: dict) -> None:
+    (run,) = body["runs"]
+    for method in ("halp", "flops"):  # both from the same trained detector, both measured by the service
+        r = run[method]
+        assert r["speedup"] > 1 and 0 <= r["map50_after"] <= 100 and r["latency_before_ms"] > 0, (method, r)
+    assert run["halp"]["map50_before"] == run["flops"]["map50_before"]
+
+
 def check_profiling_cost(body: dict) -> None:
     assert body["points_measured"] > 0 and body["recheck_points"] > 0 and body["seconds"] > 0
 
@@ -122,6 +131,7 @@ def check_profiling_cost(body: dict) -> None:
         ("hardware_awareness", check_hardware_awareness),
         ("profiling_cost", check_profiling_cost),
         ("distributed", check_distributed),
+        ("detection", check_detection),
     ],
 )
 def test_quick_benchmark_writes_results(script, check, tmp_path, request):

@@ -10,12 +10,18 @@ import typer
 from rich.table import Table
 
 from pruning_client.cli.app import app, console, err, fail
-from pruning_client.model_names import MODEL_NAMES
+from pruning_client.model_names import DETECTOR_NAMES, MODEL_NAMES
 from pruning_client.remote import ProfilerError
 from pruning_client.ui import RichUI
 
-MODEL_HELP = f"reference model ({', '.join(sorted(MODEL_NAMES))}) or module:factory"
-DATA_HELP = "digits (scikit-learn, no download) or an ImageNet-style folder with train/ and val/"
+MODEL_HELP = (
+    f"reference model ({', '.join(sorted(MODEL_NAMES))}; detection: {', '.join(DETECTOR_NAMES)}) or module:factory"
+)
+DATA_HELP = (
+    "digits (scikit-learn, no download; for detection: digits placed on textured canvases, written once as "
+    "COCO), an ImageNet-style folder with train/ and val/, or for detection a folder with train/ and val/ each "
+    "holding images/ and one instances_*.json (COCO)"
+)
 DTYPES = ("fp32", "fp16")
 
 # Options that `profile` and `prune` share: one declaration each.
@@ -34,6 +40,12 @@ BlockSize = Annotated[
 ]
 Token = Annotated[str, typer.Option(help="bearer token (default: HALP_API_TOKEN)")]
 Fixed = Annotated[str, typer.Option(metavar="MODULE[,MODULE]", help="modules whose output channels are never pruned")]
+Task = Annotated[
+    str,
+    typer.Option(
+        help="classification (top-1) or detection (COCO mAP; the model's .network is what is pruned and timed)"
+    ),
+]
 
 
 def _modules(text: str | None) -> list[str]:
@@ -58,6 +70,7 @@ def run_errors():
 @app.command()
 def profile(
     target: Targets,
+    task: Task = "classification",
     model: ModelName = "resnet18",
     weights: Weights = None,
     data: Annotated[
@@ -82,7 +95,8 @@ def profile(
 
     _check_dtype(dtype)
     settings = RunSettings(
-        targets=target, model=model, weights=weights, data=data, input_size=input_size, batch=batch, dtype=dtype,
+        targets=target, task=task, model=model, weights=weights, data=data, input_size=input_size, batch=batch,
+        dtype=dtype,
         latency_ratio=latency_ratio, steps=steps, block_size=block_size, token=token, fixed=_modules(fixed),
     )  # fmt: skip
     try:
@@ -101,6 +115,7 @@ def profile(
 @app.command()
 def prune(
     target: Targets = None,
+    task: Task = "classification",
     model: ModelName = "resnet18",
     weights: Weights = None,
     latency_ratio: Ratio = 0.5,
@@ -168,8 +183,8 @@ def prune(
             else:
                 saved = None
                 settings = RunSettings(
-                    targets=target or [], model=model, weights=weights, latency_ratio=latency_ratio, data=data,
-                    input_size=input_size, batch=batch, dtype=dtype, steps=steps, epochs=epochs,
+                    targets=target or [], task=task, model=model, weights=weights, latency_ratio=latency_ratio,
+                    data=data, input_size=input_size, batch=batch, dtype=dtype, steps=steps, epochs=epochs,
                     pretrain_epochs=pretrain_epochs, prune_epochs=prune_epochs, lr=lr, block_size=block_size,
                     per_target=per_target, out=out, token=token, seed=seed, fixed=_modules(fixed),
                     calibrate=calibrate, measure_steps=measure_steps, train_batch=train_batch, interval=interval,
@@ -188,12 +203,12 @@ def prune(
 
 
 def _print_report(directory: Path) -> None:
-    from pruning_client.report import ROWS, load_report
+    from pruning_client.report import load_report, rows
 
     body = load_report(directory)
     grid = Table("", *(t["target"] for t in body["targets"]), title=f"HALP report: {directory}")
-    for label, fmt in ROWS:
-        grid.add_row(label, *(fmt(t) for t in body["targets"]))
+    for label, cells in rows(body["targets"]):
+        grid.add_row(label, *(c or "-" for c in cells))
     console.print(grid)
     console.print(f"outputs in {directory}: model.pt, model.onnx, report.json, report.md, plots")
 
@@ -211,8 +226,14 @@ def report(directory: Annotated[Path, typer.Argument(help="the --out directory o
 def demo(
     out: Annotated[Path, typer.Option(help="output directory")] = Path("halp-demo"),
     latency_ratio: Annotated[float, typer.Option(help="target latency / original latency")] = 0.5,
+    task: Annotated[
+        str, typer.Option(help="classification (ResNet-20 on the digits) or detection (an SSD on digit canvases)")
+    ] = "classification",
 ) -> None:
     """The embedded default: a local CPU profiler, a ResNet-20 trained on the digits, pruned to half its latency.
+
+    --task detection: an SSD (ResNet backbone) trained on digits placed on textured canvases, scored
+    by COCO mAP, its network pruned to half its latency.
 
     Starts `halp serve` on a free loopback port (stopped again at the end, on
     failure or Ctrl-C), trains, prunes with HALP, fine-tunes, and prints the
@@ -223,7 +244,9 @@ def demo(
     start = time.perf_counter()
     try:
         with RichUI(err) as ui:
-            run_demo(out, ui, latency_ratio)
+            if task not in ("classification", "detection"):
+                raise ValueError("--task must be classification or detection")
+            run_demo(out, ui, latency_ratio, task)
     except (*run_errors(), RuntimeError) as e:
         raise fail(str(e)) from None
     _print_report(out)

@@ -8,7 +8,6 @@ from torch import nn
 
 from pruning_client.models.mobilenet import MobileNetV1, MobileNetV2, mobilenet_v1, mobilenet_v2
 from pruning_client.models.resnet import ResNet, resnet18, resnet20, resnet50, resnet56, resnet101, resnext50_32x4d
-from pruning_client.models.ssd import SSD, ssd_resnet
 from pruning_client.models.vgg import VGG, vgg16_bn
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -21,7 +20,6 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v1": mobilenet_v1,
     "mobilenet_v2": mobilenet_v2,
     "vgg16_bn": vgg16_bn,
-    "ssd_resnet": ssd_resnet,
 }
 
-__all__ = ["MODELS", "SSD", "VGG", "MobileNetV1", "MobileNetV2", "ResNet", *MODELS]
+__all__ = ["MODELS", "VGG", "MobileNetV1", "MobileNetV2", "ResNet", *MODELS]
