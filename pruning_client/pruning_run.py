@@ -107,7 +107,6 @@ class PruneRun(Run):
         self._start = time.perf_counter() - (saved["elapsed"] if saved else 0.0)
         self._targets, self._progress = [], {}
         data, model = self.load()
-        self.loss = self.task.loss(self.s.label_smoothing)
         try:
             graph, targets, example, deploy = self.setup(self.task.network(model), data.input_size)
             self._targets = targets

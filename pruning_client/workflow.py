@@ -60,6 +60,7 @@ class Run:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}")
         self.s = settings
         self.task = get_task(settings.task)
+        self.loss = self.task.loss(settings.label_smoothing)
         self.ctx = ctx or Context()
         self.ui = ui if ui is not None and self.ctx.main else SilentUI()
         self.saved = resume

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +213,49 @@ def test_detector_names_match_the_registry():
     from pruning_client.model_names import DETECTOR_NAMES
 
     assert set(DETECTOR_NAMES) == set(DETECTORS)
+
+
+class CentreDetector(torch.nn.Module):
+    """A user's detector with torchvision's convention and its own decoding: one box per image."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.network = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 16, 3, 2, 1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, num_classes + 4),
+        )  # fmt: skip
+
+    def forward(self, images, targets=None):
+        out = self.network(images)
+        if self.training:
+            first = torch.stack([t["boxes"][0] if len(t["boxes"]) else torch.zeros(4) for t in targets])
+            return {"box": torch.nn.functional.l1_loss(out[:, -4:], first / 128)}
+        boxes = out[:, -4:].sigmoid().sort(1).values * 128
+        return [
+            {"boxes": b[None], "scores": s.softmax(0).max()[None], "labels": s.argmax()[None] + 1}
+            for b, s in zip(boxes, out[:, :-4], strict=True)
+        ]
+
+
+def test_a_users_detector_with_torchvisions_convention_trains_scores_and_prunes(digit_canvases, tmp_path):
+    from pruning_client.detection.metrics import host_postprocess_ms
+    from pruning_client.distributed import Context
+    from pruning_client.tasks import get_task
+
+    (tmp_path / "user_detector.py").write_text(f"from {__name__} import CentreDetector\n")
+    task = get_task("detection")
+    data = coco_folders(digit_canvases, 128, 16)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        model = task.build("user_detector:CentreDetector", data.num_classes)
+    finally:
+        sys.path.remove(str(tmp_path))
+    images, targets = next(iter(data.train))
+    task.loss(0.0)(model.train(), images, targets).backward()
+    assert model.network[0].weight.grad.abs().sum() > 0
+    quality = task.evaluate(model, data.val, Context())
+    assert set(quality) == {"map50", "map"} and 0 <= quality["map50"] <= 100
+    assert host_postprocess_ms(model, images[:1]) >= 0
+    graph = analyse(task.network(model), images[:1])
+    assert graph.groups and graph.fixed_layers == ["8"]  # the last linear's outputs are the answer
