@@ -50,7 +50,8 @@ class FlopsRun(PruneRun):
 
 
 def outcome(out: Path, seconds: float) -> dict:
-    (t,) = load_report(out)["targets"]
+    report = load_report(out)
+    (t,) = report["targets"]
     keys = ("speedup", "latency_before_ms", "latency_after_ms", "map50_before", "map50_after", "map_before")
     keys += ("map_after",)
     return {
@@ -58,6 +59,9 @@ def outcome(out: Path, seconds: float) -> dict:
         "measured_ratio": t["latency_after_ms"] / t["latency_before_ms"],
         "map50_lost": t["map50_before"] - t["map50_after"],
         "seconds": seconds,
+        # per pruning step (repairs included): (predicted, measured) ms, and the fit's leave-one-out errors
+        "steps": [[h["predicted_ms"][0], (h["measured_ms"] or [None])[0]] for h in report["history"]],
+        "calibration_residuals": t["calibration_residuals"],
     }
 
 
