@@ -259,3 +259,28 @@ def test_a_users_detector_with_torchvisions_convention_trains_scores_and_prunes(
     assert host_postprocess_ms(model, images[:1]) >= 0
     graph = analyse(task.network(model), images[:1])
     assert graph.groups and graph.fixed_layers == ["8"]  # the last linear's outputs are the answer
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [], "categories": [{"id": 1}]}, "height, width"),
+        (
+            {
+                "images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}],
+                "annotations": [{"id": 5, "image_id": 1, "category_id": 9, "bbox": [0, 0, 2, 2]}],
+                "categories": [{"id": 1}],
+            },
+            "annotation 5 has no listed category",
+        ),
+        ({"images": [{"id": 1}], "annotations": [{"image_id": 2}], "categories": [{"id": 1}]}, "not a COCO"),
+    ],
+    ids=["image-size", "unknown-category", "unknown-image"],
+)
+def test_a_broken_instances_file_is_a_data_error_before_training(tmp_path, body, words):
+    from pruning_client.data import DataError
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "instances_train.json").write_text(json.dumps(body))
+    with pytest.raises(DataError, match=words):
+        CocoFolder(tmp_path, 64)

@@ -48,6 +48,7 @@ class CocoFolder(Dataset):
             raise DataError(f"{self.annotations} is not a COCO instances file: {type(e).__name__}: {e}") from None
         if not self.images or not self.category_ids:
             raise DataError(f"{self.annotations} lists no images or no categories")
+        _check_fields(self.annotations, self.images, self.category_ids, per_image)
         self.root, self.input_size, self.per_image = split / "images", input_size, per_image
         self.label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
         self.by_id = {im["id"]: im for im in self.images}
@@ -106,6 +107,18 @@ class CocoFolder(Dataset):
             }
             for b, score, label in zip(boxes.tolist(), scores, labels, strict=True)
         ]
+
+
+def _check_fields(path: Path, images: list[dict], category_ids: list, per_image: dict[int, list]) -> None:
+    """What reading an image or scoring it needs, checked before training rather than failing inside it."""
+    lacking = sorted({k for im in images for k in ("file_name", "width", "height") if k not in im})
+    if lacking:
+        raise DataError(f"{path}: images without {', '.join(lacking)} (COCO requires them)")
+    known = set(category_ids)
+    for anns in per_image.values():
+        for a in anns:
+            if a.get("category_id") not in known or len(a.get("bbox", ())) != 4:
+                raise DataError(f"{path}: annotation {a.get('id')} has no listed category or no [x, y, w, h] bbox")
 
 
 def collate(batch: list[tuple[Tensor, dict]]) -> tuple[Tensor, list[dict]]:
