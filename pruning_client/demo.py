@@ -29,7 +29,6 @@ from pruning_client.run_settings import RunSettings
 from pruning_client.ui import UI
 
 STARTUP_TIMEOUT_S = 120
-DETECTION_PRETRAIN_EPOCHS = 20
 
 
 def free_port() -> int:
@@ -82,12 +81,12 @@ def _raise_exit(signum: int, _frame) -> None:
 
 
 def demo_settings(url: str, out: Path, latency_ratio: float = 0.5, task: str = "classification") -> RunSettings:
-    """ResNet-20 on the digits; for detection, an SSD (ResNet backbone, width 32) on digits placed on canvases."""
+    """ResNet-20 on the digits; for detection, an SSD (ResNet backbone, width 32) on digits placed on canvases,
+    trained from scratch for the detection task's default epochs (``tasks.Detection.pretrain``)."""
     if task == "detection":
         return RunSettings(
             targets=[url], task="detection", model="ssd_resnet", data="digits", input_size=128,
-            latency_ratio=latency_ratio, steps=8, pretrain_epochs=DETECTION_PRETRAIN_EPOCHS, prune_epochs=2.0,
-            epochs=8, lr=0.02, train_batch=32, out=out,
+            latency_ratio=latency_ratio, steps=8, prune_epochs=2.0, epochs=8, lr=0.02, train_batch=32, out=out,
         )  # fmt: skip
     return RunSettings(
         targets=[url],

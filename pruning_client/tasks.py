@@ -21,7 +21,6 @@ from pruning_client.train import Loss, cross_entropy
 
 class Task(Protocol):
     name: str
-    metrics: tuple[str, ...]  # report keys, in percent: "<metric>_before" / "_after" per target
     # training from scratch: default epochs (on the digits), learning rate, least warm-up (fraction)
     pretrain: tuple[int, float, float]
     compares_outputs: bool  # whether ``compare`` needs the unpruned model
@@ -32,7 +31,10 @@ class Task(Protocol):
     def build(self, spec: str, num_classes: int) -> nn.Module: ...
     def network(self, model: nn.Module) -> nn.Module: ...
     def loss(self, label_smoothing: float) -> Loss: ...
-    def evaluate(self, model: nn.Module, val, ctx: Context) -> dict[str, float]: ...
+    def evaluate(self, model: nn.Module, val, ctx: Context) -> dict[str, float]:
+        """Quality in percent by metric name; the report keeps ``<name>_before`` / ``_after`` per target."""
+        ...
+
     def describe(self, quality: dict[str, float]) -> str: ...
     def compare(self, unpruned: nn.Module | None, pruned: nn.Module, val, deploy: Tensor, out: Path) -> dict:
         """What the report adds for this task beyond the metrics (rank 0, after fine-tuning)."""
@@ -40,7 +42,7 @@ class Task(Protocol):
 
 
 class Classification:
-    name, metrics, compares_outputs = "classification", ("accuracy",), False
+    name, compares_outputs = "classification", False
     pretrain = (8, 0.05, 0.0)
 
     def classes(self, data: str) -> int:
@@ -75,7 +77,7 @@ class Classification:
 class Detection:
     """Detectors with torchvision's convention and a ``network`` submodule (``pruning_client.detection``)."""
 
-    name, metrics, compares_outputs = "detection", ("map50", "map"), True
+    name, compares_outputs = "detection", True
     # from random weights the multibox loss needs a gentler start: 0.02 after a warm-up (4 epochs on the
     # digit canvases: mAP@0.5 16 % with 5 % warm-up, under 1 % without)
     pretrain = (20, 0.02, 0.05)

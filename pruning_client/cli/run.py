@@ -240,12 +240,12 @@ def demo(
     measured latency and test accuracy before and after. A few minutes on 2 cores.
     """
     from pruning_client.demo import run_demo
+    from pruning_client.tasks import get_task
 
     start = time.perf_counter()
     try:
         with RichUI(err) as ui:
-            if task not in ("classification", "detection"):
-                raise ValueError("--task must be classification or detection")
+            get_task(task)  # an unknown task is a one-line error before the service starts
             run_demo(out, ui, latency_ratio, task)
     except (*run_errors(), RuntimeError) as e:
         raise fail(str(e)) from None
