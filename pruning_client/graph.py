@@ -23,6 +23,7 @@ from torch import nn
 
 from profiler_service.shapes import Dtype, LayerShape
 from pruning_client.analysis_limits import AnalysisLimits, AnalysisTooLarge, Guard, bounded
+from pruning_client.attention import HeadAttention
 from pruning_client.layers import GraphError, conv_groups, is_depthwise, layer_shape, trace_calls
 
 ExampleInputs = torch.Tensor | tuple[torch.Tensor, ...]
@@ -49,6 +50,9 @@ class ChannelGroup:
     # chunk must keep the same positions, or the conv's groups would differ in width.
     chunks: int = 1
     held: str | None = None  # why the group keeps all its channels, when it cannot be pruned
+    # Layer channels per group channel: 1, or head_dim for the heads of a ``HeadAttention`` (root), whose
+    # group channels are its heads and whose items map each head's channels to it.
+    unit: int = 1
 
     @property
     def positions(self) -> int:
@@ -163,13 +167,17 @@ def _analyse(
     if not calls:
         raise GraphError("the model runs no nn.Conv2d or nn.Linear: nothing to prune")
     names = {m: n for n, m in model.named_modules()}
-    fixed = set(output_layers) | {names[m] for m in ignored_layers}
+    # a held container (``--fixed blocks.3``) holds every conv/linear in it
+    fixed = set(output_layers) | {names[m] for held in ignored_layers for m in held.modules() if _is_layer(m)}
+    heads = {n: m for n, m in model.named_modules() if isinstance(m, HeadAttention)}
+    # heads are grouped here, not by the dependency graph: their q, k, v outputs are no group's root
+    not_roots = fixed | {f"{n}.{p}" for n in heads for p in ("q", "k", "v")}
     limits, guard = AnalysisLimits.from_env(), Guard()  # a bad setting is its own error, not the model's
     try:
         with warnings.catch_warnings(), bounded(limits, guard):
             warnings.simplefilter("ignore")
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
-            tp_groups = list(dg.get_all_groups(ignored_layers=[model.get_submodule(n) for n in fixed]))
+            tp_groups = list(dg.get_all_groups(ignored_layers=[model.get_submodule(n) for n in not_roots]))
     except (AnalysisTooLarge, Exception) as e:  # noqa: BLE001 - it fails deep inside on what it cannot map
         if guard.tripped:
             raise GraphError(
@@ -217,6 +225,8 @@ def _analyse(
             raise GraphError(f"group {group.root}: {size} channels do not split into {group.chunks} equal chunks")
         group.held = _incoherent(group, model)
         groups.append(group)
+    for name, attention in heads.items():
+        groups.append(_head_group(len(groups), name, attention, fixed, in_terms, out_terms))
 
     layers: list[LayerCall] = []
     f_in = np.zeros((len(calls), len(groups)))
@@ -238,6 +248,28 @@ def _analyse(
         for gid, factor in out_terms.get(name, {}).items():
             f_out[row, gid] = factor
     return ModelGraph(model, dg, groups, layers, f_in, f_out, sorted(fixed))
+
+
+def _is_layer(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d | nn.Linear)
+
+
+def _head_group(
+    gid: int, name: str, attention: HeadAttention, fixed: set[str], in_terms: dict, out_terms: dict
+) -> ChannelGroup:
+    """The heads of one attention: a group of ``num_heads`` channels, each ``head_dim`` rows of q, k and v
+    and as many columns of the output projection."""
+    group = ChannelGroup(id=gid, root=name, size=attention.num_heads, unit=attention.head_dim)
+    channels = np.arange(attention.num_heads * attention.head_dim)
+    for proj in ("q", "k", "v"):
+        item = GroupItem(f"{name}.{proj}", channels, channels // attention.head_dim)
+        group.producers.append(item)
+        group.maskable.append(item)
+        out_terms.setdefault(item.module, {})[gid] = attention.head_dim
+    in_terms.setdefault(f"{name}.out_proj", {})[gid] = attention.head_dim
+    if fixed & {f"{name}.{p}" for p in ("q", "k", "v", "out_proj")}:
+        group.held = "held by --fixed"
+    return group
 
 
 def _incoherent(group: ChannelGroup, model: nn.Module) -> str | None:

@@ -21,10 +21,12 @@ def block_sizes(graph: ModelGraph, block_size: int | Sequence[int] | None = None
     """
     groups = graph.groups
     if block_size is None:
-        aligns = [math.lcm(8, g.chunks) for g in groups]
+        # a group of heads (``unit`` channels each) already comes in whole kernels' worth: one head a block
+        aligns = [math.lcm(8, g.chunks) if g.unit == 1 else 1 for g in groups]
         sizes = [max(a, math.ceil(g.size / max_blocks / a) * a) for g, a in zip(groups, aligns, strict=True)]
     else:
-        sizes = [block_size] * len(groups) if isinstance(block_size, int) else list(block_size)
+        # one size is in layer channels (a head is ``unit`` of them); one per group is in the groups' own
+        sizes = [math.ceil(block_size / g.unit) for g in groups] if isinstance(block_size, int) else list(block_size)
         if len(sizes) != len(groups) or min(sizes) < 1:
             raise ValueError(f"block_size: a positive int or one per group ({len(groups)})")
         sizes = [math.ceil(b / g.chunks) * g.chunks for b, g in zip(sizes, groups, strict=True)]

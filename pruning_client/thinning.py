@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
+from pruning_client.attention import HeadAttention
 from pruning_client.graph import ExampleInputs, ModelGraph, analyse
 from pruning_client.layers import GraphError
 
@@ -21,6 +22,9 @@ def prune_groups(graph: ModelGraph, remove: dict[int, np.ndarray]) -> nn.Module:
         if len(idxs) >= group.size:
             raise GraphError(f"group {gid} ({group.root}) would lose all {group.size} channels")
         root = graph.module(group.root)
+        if isinstance(root, HeadAttention):
+            root.prune_heads(idxs)
+            continue
         handler = graph.dg.get_pruner_of_module(root).prune_out_channels
         graph.dg.get_pruning_group(root, handler, sorted(int(i) for i in idxs)).prune()
     return graph.model

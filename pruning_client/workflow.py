@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pruning_client.attention import convert_attention
 from pruning_client.cache import TableCache
 from pruning_client.calibration import probe_keeps
 from pruning_client.checkpoint import CheckpointError
@@ -144,7 +145,16 @@ class Run:
         return unpruned
 
     def analyse(self, model: nn.Module, example: torch.Tensor) -> ModelGraph:
-        """The graph to prune: ``--fixed`` modules held out, groups that break when pruned held."""
+        """The graph to prune: ``--fixed`` modules held out, groups that break when pruned held.
+
+        ``nn.MultiheadAttention`` in ``model`` is replaced (in place, before any training) by the
+        equivalent ``HeadAttention``, whose projections the tables time and whose heads can go.
+        """
+        if converted := convert_attention(model):
+            self.ui.stage(
+                f"nn.MultiheadAttention at {', '.join(converted)} runs as HeadAttention (the same outputs; its "
+                "projections are timed linear layers and whole heads can be pruned)"
+            )
         names = dict(model.named_modules())
         unknown = [n for n in self.s.fixed if n not in names]
         if unknown:

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pruning_client.attention import convert_attention
+
 
 def conv_bn(cin: int, cout: int, k: int = 3, s: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
     layers = [nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
@@ -296,6 +298,13 @@ class VGGHead(nn.Module):
         return self.classifier(self.features(x))
 
 
+def vit_heads() -> nn.Module:
+    """The ViT as ``halp prune`` runs it: its attention converted to ``HeadAttention`` (heads prunable)."""
+    model = ViT()
+    convert_attention(model)
+    return model
+
+
 FAMILIES = {
     "shufflenet_v2": (shufflenet, 32),
     "mobilenet_v3_se": (mobilenet_v3, 32),
@@ -305,6 +314,7 @@ FAMILIES = {
     "regnet": (regnet, 32),
     "convnext": (convnext, 32),
     "vit": (ViT, 32),
+    "vit_heads": (vit_heads, 32),
     "swin": (Swin, 32),
     "vgg_224_head": (VGGHead, 56),
     "maxvit": (maxvit, 32),

@@ -18,7 +18,9 @@ from tests.architectures import FAMILIES
 # What each family cannot prune, and why (checked exactly, so a change in coverage shows):
 HELD = {
     "shufflenet_v2": {"body.1.branch.2.0": "out of range"},  # the split-and-shuffled trunk
-    "vit": {"blocks.1.mlp.2": "embed_dim"},  # the residual stream: heads need embed_dim % heads == 0
+    # nn.MultiheadAttention as given: the residual stream is held (heads need embed_dim % heads == 0); as
+    # `halp prune` runs it (vit_heads, HeadAttention) nothing is held
+    "vit": {"blocks.1.mlp.2": "embed_dim"},
     # window attention reshapes to stored widths: qkv outputs and the residual streams stay whole
     "maxvit": {n: "invalid for input" for n in ("body.1.qkv", "body.2.qkv", "body.2.proj")},  # block/grid attention
     "swin": {n: "invalid for input" for n in ("stage1.0.qkv", "stage1.1.qkv", "stage1.1.mlp.2", "stage2.qkv",
