@@ -11,6 +11,7 @@ where ``k_g`` is the number of channels group g keeps.
 
 from __future__ import annotations
 
+import gc
 import math
 import warnings
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ import torch_pruning as tp
 from torch import nn
 
 from profiler_service.shapes import Dtype, LayerShape
-from pruning_client.analysis_limits import AnalysisLimits, AnalysisTooLarge, Guard, bounded
+from pruning_client.analysis_limits import AnalysisLimits, AnalysisTooLarge, Guard, SearchTooLarge, bounded
 from pruning_client.attention import HeadAttention
 from pruning_client.layers import GraphError, conv_groups, is_depthwise, layer_shape, trace_calls
 
@@ -85,6 +86,9 @@ class ModelGraph:
     f_in: np.ndarray  # (L, G): channels of layer l's input per channel of group g
     f_out: np.ndarray  # (L, G)
     fixed_layers: list[str]  # output layers (and user-ignored ones): channels never pruned
+    # roots whose group search failed or passed its bound -> why: their channels are kept (and they are
+    # in ``fixed_layers``, so the analyses of pruned copies skip them rather than search them again)
+    unsearched: dict[str, str] = field(default_factory=dict)
     checked: bool = False  # whether ``prunability.hold_unprunable`` has tried every group
 
     @property
@@ -104,8 +108,8 @@ class ModelGraph:
 
     @property
     def held(self) -> dict[str, str]:
-        """Root -> reason of every group that keeps all its channels."""
-        return {g.root: g.held for g in self.groups if g.held}
+        """Root -> reason of every group that keeps all its channels (unsearched roots included)."""
+        return {g.root: g.held for g in self.groups if g.held} | self.unsearched
 
     @property
     def sizes(self) -> np.ndarray:
@@ -177,7 +181,7 @@ def _analyse(
         with warnings.catch_warnings(), bounded(limits, guard):
             warnings.simplefilter("ignore")
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
-            tp_groups = list(dg.get_all_groups(ignored_layers=[model.get_submodule(n) for n in not_roots]))
+            tp_groups, unsearched = _search_groups(dg, {model.get_submodule(n) for n in not_roots}, guard)
     except (AnalysisTooLarge, Exception) as e:  # noqa: BLE001 - it fails deep inside on what it cannot map
         if guard.tripped:
             raise GraphError(
@@ -188,6 +192,7 @@ def _analyse(
             f"the dependency graph cannot follow this model's channels ({type(e).__name__}: {str(e)[:200]}); "
             "hold the part that fails out of pruning with --fixed MODULE"
         ) from None
+    held_roots = {names[m]: why for m, why in unsearched.items()}
 
     groups: list[ChannelGroup] = []
     in_terms: dict[str, dict[int, float]] = {}
@@ -247,7 +252,40 @@ def _analyse(
             f_in[row, gid] = factor
         for gid, factor in out_terms.get(name, {}).items():
             f_out[row, gid] = factor
-    return ModelGraph(model, dg, groups, layers, f_in, f_out, sorted(fixed))
+    return ModelGraph(model, dg, groups, layers, f_in, f_out, sorted(fixed | held_roots.keys()), held_roots)
+
+
+def _search_groups(
+    dg: tp.DependencyGraph, not_roots: set[nn.Module], guard: Guard
+) -> tuple[list[tp.Group], dict[nn.Module, str]]:
+    """Torch-Pruning's ``get_all_groups``, one root at a time under the search bounds; and the roots that failed.
+
+    A root whose search fails or passes its bound keeps its channels, as does any group that holds
+    its outputs; the analysis goes on with the rest instead of stopping.
+    """
+    skip = not_roots | set(dg.IGNORED_LAYERS_IN_TRACING)
+    visited: set[nn.Module] = set()
+    groups, failed = [], {}
+    for module in list(dg.module2node):
+        if module in skip or module in visited or not isinstance(module, tp.ops.TORCH_CONV | tp.ops.TORCH_LINEAR):
+            continue
+        pruner = dg.get_pruner_of_module(module)
+        if pruner is None or (width := pruner.get_out_channels(module)) is None:
+            continue
+        try:
+            with guard.search():
+                group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+        except (SearchTooLarge, Exception) as e:  # noqa: BLE001 - the root that fails is held, whatever it was
+            if guard.tripped:  # the whole analysis's bound: stop
+                raise
+            failed[module] = guard.search_tripped or f"the dependency graph fails on it ({type(e).__name__}: {e})"[:240]
+            gc.collect()  # what the search built is garbage now; free it before the next one is measured
+            continue
+        outputs = {dep.target.module for dep, _ in group if dg.is_out_channel_pruning_fn(dep.handler)}
+        visited |= outputs
+        if not outputs & (skip | failed.keys()):
+            groups.append(group)
+    return groups, failed
 
 
 def _is_layer(m: nn.Module) -> bool:

@@ -16,7 +16,7 @@ from pruning_client.export import export_onnx
 from pruning_client.graph import analyse
 from pruning_client.layers import GraphError
 from pruning_client.models import MODELS
-from pruning_client.thinning import prune_groups
+from pruning_client.thinning import prune_groups, pruned_copy
 
 
 class Concat(nn.Module):
@@ -242,3 +242,36 @@ def test_an_analysis_past_its_memory_bound_stops_with_a_clear_error(monkeypatch)
     monkeypatch.setenv("HALP_ANALYSIS_MEMORY_MB", "64")
     with pytest.raises(GraphError, match=r"grew by over 64 MiB \(HALP_ANALYSIS_MEMORY_MB\)"):
         analyse(Hoarder(), torch.randn(1, 3, 8, 8))
+
+
+class SlowSearch(nn.Module):
+    """One root whose group search takes seconds (65,536 channels through 200 elementwise ops) among roots
+    that take milliseconds: what a search that explodes looks like to its bound, at a size that ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.wide, self.back, self.fc = (
+            nn.Conv2d(3, 8, 3),
+            nn.Linear(8, 2**16),
+            nn.Linear(2**16, 8),
+            nn.Linear(8, 2),
+        )
+
+    def forward(self, x):
+        t = self.conv(x).mean((2, 3))
+        w = self.wide(t)
+        for _ in range(200):
+            w = torch.relu(w) * 0.5
+        return self.fc(t + self.back(w))
+
+
+def test_a_group_search_past_its_bound_holds_that_root_and_the_analysis_goes_on(monkeypatch):
+    monkeypatch.setenv("HALP_ANALYSIS_SEARCH_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("HALP_ANALYSIS_SEARCH_MEMORY_MB", "100000")  # the time bound is the one under test
+    model, x = SlowSearch(), torch.randn(1, 3, 8, 8)
+    graph = analyse(model, x)
+    assert graph.held == {"wide": "its group search took over 0.5 s (HALP_ANALYSIS_SEARCH_TIMEOUT_S)"}
+    assert "wide" in graph.fixed_layers and [g.root for g in graph.groups] == ["back"]  # back: conv, fc, back
+    # a thinned copy's analysis skips the held root instead of searching it again, and the rest prunes
+    thin = pruned_copy(model, x, graph.first_channels(np.array([4])), ignored_layers=graph.fixed_layers)
+    assert thin.conv.out_channels == 4 and thin.wide.out_features == 2**16 and thin(x).shape == (1, 2)
