@@ -61,6 +61,19 @@ def fit(sums: Sequence[float], measured: Sequence[float]) -> Calibration:
     return Calibration(float(a), float(b), list(zip(x.tolist(), y.tolist(), strict=True)))
 
 
+def anchored(table_sum: float, measured_ms: float) -> Calibration:
+    """The prediction when no line fits: through the measured unpruned model.
+
+    What the tables do not time (attention's matmuls and softmax, norms, the ops between layers) is
+    counted as a fixed cost ``b``, not dropped: with a third of a network untimed, the tables' sum alone
+    would aim a 0.5 budget at 0.67 of the real latency. When the tables count too much instead (each
+    layer timed alone pays an overhead the network does not), the sum is scaled down, so that no
+    configuration predicts below zero.
+    """
+    outside = measured_ms - table_sum
+    return Calibration(1.0, outside) if outside >= 0 else Calibration(measured_ms / table_sum, 0.0)
+
+
 def probe_keeps(sizes: np.ndarray, blocks: Sequence[int], fractions: Sequence[float] = PROBE_FRACTIONS):
     """Channels per group of each probe configuration: ``fraction`` of every group in whole blocks, at
     least one block; a fraction of 1 is the unpruned model (a group need not be a whole number of blocks)."""

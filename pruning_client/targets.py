@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from profiler_service.schemas import DeviceInfo, MeasureResult
-from pruning_client.calibration import Calibration, CalibrationError
+from pruning_client.calibration import Calibration, CalibrationError, anchored
 from pruning_client.latency import LatencyModel, Needed, Point
 
 T = TypeVar("T")
@@ -60,8 +60,8 @@ class Target:
         """Time the probe configurations (the unpruned model first) and fit the latency model to them.
 
         Samples that define no line (a noise burst) are measured once more; if the fit still fails the
-        tables' own sum is the prediction (a=1, b=0) and the returned note says so: budgets are ratios
-        of the prediction, so the run still aims at the right fraction, only less precisely.
+        prediction is anchored at the measured unpruned model (``calibration.anchored``: what the tables
+        do not time as a fixed cost) and the returned note says so.
         """
         self.samples = []
         for attempt in range(2):
@@ -73,8 +73,13 @@ class Target:
                 return None
             except CalibrationError as e:
                 error = e
-        self.latency.calibration = Calibration()
-        return f"no line fits the measurements ({error}): predicting with the tables' sum (a=1, b=0)"
+        table_sum = self.latency.table_sum(probes[0][0])
+        cal = self.latency.calibration = anchored(table_sum, self.before.median_ms)
+        return (
+            f"no line fits the measurements ({error}): predicting through the unpruned model's "
+            f"{self.before.median_ms:.3f} ms (a={cal.a:.3f}, b={cal.b:.4f}: the tables' sum, and what they "
+            "do not time as a fixed cost)"
+        )
 
     def state_dict(self) -> dict:
         """The calibration and its samples, for a checkpoint (the tables live on the service and in the cache)."""

@@ -9,7 +9,7 @@ import torch
 from profiler_service.local_target import LocalTarget
 from profiler_service.schemas import MeasureResult
 from profiler_service.timing import TimingPolicy
-from pruning_client.calibration import CalibrationError, fit, probe_keeps
+from pruning_client.calibration import CalibrationError, anchored, fit, probe_keeps
 from pruning_client.export import export_onnx
 from pruning_client.graph import analyse
 from pruning_client.latency import LatencyModel, LatencyTables
@@ -116,5 +116,13 @@ def test_calibration_measures_again_then_falls_back_to_the_tables_when_noise_def
     if kept == "refit":
         assert note is None and target.latency.calibration.a > 0 and len(target.samples) == 4
     else:
-        assert note is not None and "a=1, b=0" in note
-        assert (target.latency.calibration.a, target.latency.calibration.b) == (1.0, 0.0)
+        # through the unpruned model's measured 2 ms: what the tables do not time counted as a fixed cost
+        outside = 2.0 - target.latency.table_sum(full)
+        assert note is not None and "through the unpruned model's 2.000 ms" in note and outside > 1
+        assert (target.latency.calibration.a, target.latency.calibration.b) == (1.0, pytest.approx(outside))
+        assert target.latency.predict(full) == pytest.approx(2.0)
+
+
+def test_the_fallback_scales_tables_that_count_too_much_instead_of_going_negative():
+    cal = anchored(table_sum=3.0, measured_ms=2.0)
+    assert (cal.a, cal.b) == (pytest.approx(2 / 3), 0.0) and cal.predict(0.3) > 0
