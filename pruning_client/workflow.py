@@ -139,8 +139,8 @@ class Run:
             cal = t.latency.calibration
             errors = ", ".join(f"{100 * r:+.1f}" for r in cal.residuals)
             self.ui.stage(
-                f"{t.profiler.url}: {t.before.median_ms:.3f} ms measured; fit a={cal.a:.3f} b={cal.b:.4f} "
-                f"(leave-one-out errors {errors} %)"
+                f"{t.profiler.url}: {t.before.median_ms:.3f} ms measured; a={cal.a:.3f} b={cal.b:.4f} "
+                + (f"(leave-one-out errors {errors} %)" if errors else "(not fitted)")
             )
         return unpruned
 
