@@ -62,16 +62,15 @@ def fit(sums: Sequence[float], measured: Sequence[float]) -> Calibration:
 
 
 def anchored(table_sum: float, measured_ms: float) -> Calibration:
-    """The prediction when no line fits: through the measured unpruned model.
+    """The prediction when no line fits: the tables' sum shifted through the measured unpruned model.
 
-    What the tables do not time (attention's matmuls and softmax, norms, the ops between layers) is
-    counted as a fixed cost ``b``, not dropped: with a third of a network untimed, the tables' sum alone
-    would aim a 0.5 budget at 0.67 of the real latency. When the tables count too much instead (each
-    layer timed alone pays an overhead the network does not), the sum is scaled down, so that no
-    configuration predicts below zero.
+    The difference is counted as a fixed cost ``b``, not dropped. Positive, it is what the tables do
+    not time (attention's matmuls and softmax, norms, the ops between layers): with a third of a
+    network untimed, the tables' sum alone would aim a 0.5 budget at 0.67 of the real latency.
+    Negative, it is the overhead every layer timed alone pays and the network does not: a ratio of
+    the sum alone would ask for more than pruning can remove.
     """
-    outside = measured_ms - table_sum
-    return Calibration(1.0, outside) if outside >= 0 else Calibration(measured_ms / table_sum, 0.0)
+    return Calibration(1.0, measured_ms - table_sum)
 
 
 def probe_keeps(sizes: np.ndarray, blocks: Sequence[int], fractions: Sequence[float] = PROBE_FRACTIONS):

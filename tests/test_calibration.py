@@ -123,6 +123,8 @@ def test_calibration_measures_again_then_falls_back_to_the_tables_when_noise_def
         assert target.latency.predict(full) == pytest.approx(2.0)
 
 
-def test_the_fallback_scales_tables_that_count_too_much_instead_of_going_negative():
+def test_the_fallback_shifts_tables_that_count_too_much_down_to_the_measured_model():
     cal = anchored(table_sum=3.0, measured_ms=2.0)
-    assert (cal.a, cal.b) == (pytest.approx(2 / 3), 0.0) and cal.predict(0.3) > 0
+    assert (cal.a, cal.b) == (1.0, -1.0) and cal.predict(3.0) == 2.0
+    # a 0.6 budget asks the tables' sum to lose 0.8 ms of real time, not 40 % of their own sum
+    assert cal.to_table(0.6 * 2.0) == pytest.approx(2.2)
