@@ -9,6 +9,7 @@ points it needs and reads them from ``LatencyTables``, which may fetch them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from pruning_client.calibration import Calibration, fit
 from pruning_client.graph import ModelGraph
+from pruning_client.joint import MAX_OPEN, Factor, JointProblem
 
 Point = tuple[int, int]
 Needed = dict[str, set[Point]]
@@ -159,3 +161,53 @@ class LatencyModel:
                 total += self.tables.lookup(self._keys[r], a, b) - self.tables.points[self._keys[r]][now]
             curves.append(total)
         return curves
+
+    # --- layer factors for the joint solver -------------------------------------------------
+    def _factor_grids(self, keep: np.ndarray, counts: list[np.ndarray]):
+        """Per layer: the groups it depends on and (cin, cout) over every combination of their counts;
+        None when a layer's combinations pass ``joint.MAX_OPEN`` (a concatenation of many groups)."""
+        cin, cout = self.graph.channels(keep)
+        out = []
+        for r in range(len(self._keys)):
+            groups = tuple(int(g) for g in np.flatnonzero((self.graph.f_in[r] != 0) | (self.graph.f_out[r] != 0)))
+            if math.prod(len(counts[g]) for g in groups) > MAX_OPEN:
+                return None
+            axes = np.meshgrid(*(np.asarray(counts[g]) - keep[g] for g in groups), indexing="ij")
+            shape = axes[0].shape if axes else ()
+            cin_r = np.full(shape, cin[r], dtype=np.int64)
+            cout_r = np.full(shape, cout[r], dtype=np.int64)
+            for g, delta in zip(groups, axes, strict=True):
+                cin_r = cin_r + np.rint(self.graph.f_in[r, g] * delta).astype(np.int64)
+                cout_r = cout_r + np.rint(self.graph.f_out[r, g] * delta).astype(np.int64)
+            out.append((r, groups, cin_r, cout_r))
+        return out
+
+    def factor_points(self, keep: np.ndarray, counts: list[np.ndarray]) -> Needed | None:
+        """Table points the joint problem needs: every layer over all combinations of its groups' counts."""
+        grids = self._factor_grids(keep, counts)
+        if grids is None:
+            return None
+        needed: Needed = {}
+        for r, _, a, b in grids:
+            _add(needed, self._keys[r], a.ravel(), b.ravel())
+        return needed
+
+    def joint_problem(
+        self, keep: np.ndarray, counts: list[np.ndarray], values: list[np.ndarray]
+    ) -> JointProblem | None:
+        """The true table-sum problem over the groups' counts (option j of group g keeps ``counts[g][j]``),
+        one factor per layer that depends on a group; None when a layer depends on too many groups."""
+        grids = self._factor_grids(keep, counts)
+        if grids is None:
+            return None
+        self.tables.require(self.factor_points(keep, counts))
+        factors, constant = [], 0.0
+        for r, groups, a, b in grids:
+            table = self.tables.lookup(self._keys[r], a.ravel(), b.ravel()).reshape(a.shape)
+            if groups:
+                factors.append(Factor(groups, table))
+            else:
+                constant += float(table)
+        order = list(dict.fromkeys(int(g) for r in range(len(self._keys)) for g in np.flatnonzero(self.graph.f_out[r])))
+        order += [g for g in range(len(values)) if g not in order]  # groups no layer writes (none, normally)
+        return JointProblem([np.asarray(v, dtype=np.float64) for v in values], factors, constant, order)
