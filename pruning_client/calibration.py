@@ -26,6 +26,9 @@ class Calibration:
     a: float = 1.0
     b: float = 0.0
     samples: list[tuple[float, float]] = field(default_factory=list)  # (table sum, measured ms)
+    # "line": fitted to the samples; "anchored": through the unpruned model (no line fitted);
+    # "tables": the tables' own sum (not calibrated)
+    kind: str = "tables"
 
     def predict(self, table_sum: float) -> float:
         return self.a * table_sum + self.b
@@ -58,7 +61,7 @@ def fit(sums: Sequence[float], measured: Sequence[float]) -> Calibration:
     a, b = np.polyfit(x, y, 1)
     if a <= 0:
         raise CalibrationError(f"calibration gave a non-positive slope a={a:.3g}: measurements are too noisy")
-    return Calibration(float(a), float(b), list(zip(x.tolist(), y.tolist(), strict=True)))
+    return Calibration(float(a), float(b), list(zip(x.tolist(), y.tolist(), strict=True)), kind="line")
 
 
 def anchored(table_sum: float, measured_ms: float) -> Calibration:
@@ -70,7 +73,7 @@ def anchored(table_sum: float, measured_ms: float) -> Calibration:
     Negative, it is the overhead every layer timed alone pays and the network does not: a ratio of
     the sum alone would ask for more than pruning can remove.
     """
-    return Calibration(1.0, measured_ms - table_sum)
+    return Calibration(1.0, measured_ms - table_sum, kind="anchored")
 
 
 def probe_keeps(sizes: np.ndarray, blocks: Sequence[int], fractions: Sequence[float] = PROBE_FRACTIONS):

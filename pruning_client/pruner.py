@@ -23,6 +23,7 @@ from torch import nn
 
 from pruning_client.distributed import Context, digest, sync_buffers
 from pruning_client.graph import ExampleInputs
+from pruning_client.joint import solve_joint
 from pruning_client.knapsack import Infeasible, solve
 from pruning_client.latency import LatencyModel
 from pruning_client.layers import GraphError
@@ -34,6 +35,8 @@ from pruning_client.thinning import prune_groups, pruned_copy
 
 MAX_TIGHTENING = 30
 log = logging.getLogger("halp.pruner")
+
+JOINT_WINDOW = 2  # options either side of the separable choice the joint solver may move each group
 
 
 @dataclass
@@ -47,6 +50,7 @@ class PruneStep:
     tightenings: int
     met: bool = True  # False: the budget was out of reach and the minimum was kept
     ranks_agreed: int = 1  # processes that were checked to hold these masks (torchrun)
+    solver: str = "separable"  # or "joint": the joint (cin, cout) optimum near it kept more saliency
 
     def describe(self, steps: int) -> str:
         """One progress line; ``steps`` is the schedule's length (later steps are repairs)."""
@@ -55,7 +59,8 @@ class PruneStep:
         predicted = ", ".join(f"{p:.3f}" for p in self.predicted_ms)
         missed = "" if self.met else " (budget out of reach even with the finest blocks: kept the minimum)"
         kept = f"saliency kept {100 * self.saliency_kept:.1f} %"
-        return f"{label}: budget {budget} ms, predicted {predicted} ms, {kept}{missed}"
+        joint = " (the joint (cin, cout) choice)" if self.solver == "joint" else ""
+        return f"{label}: budget {budget} ms, predicted {predicted} ms, {kept}{joint}{missed}"
 
 
 class HALPPruner:
@@ -72,6 +77,7 @@ class HALPPruner:
         min_keep_blocks: int = 1,
         on_step: Callable[[PruneStep], None] | None = None,
         ctx: Context | None = None,
+        joint_window: int | None = JOINT_WINDOW,
     ) -> None:
         self.models = [latency_model] if isinstance(latency_model, LatencyModel) else list(latency_model)
         if not self.models:
@@ -90,6 +96,7 @@ class HALPPruner:
         self.steps, self.interval, self.block_sizes, self.start = steps, interval, sizes, start
         self.min_keep_blocks, self.on_step = min_keep_blocks, on_step  # on_step(record) after every step
         self.ctx = ctx or Context()
+        self.joint_window = joint_window  # None: the separable choice only
         self.saliency = TaylorSaliency(self.graph)
         self.masks = [np.ones(g.size, dtype=bool) for g in self.graph.groups]
         full = self.keep_counts()
@@ -172,6 +179,9 @@ class HALPPruner:
             met = all(p <= b for p, b in zip(predicted, budgets, strict=True))
             if met or not self._finer_blocks(k, lo):
                 break
+        solver = "separable"
+        if met and (joint := self._joint(values, curve_counts, lo, keep_now, k, budgets)) is not None:
+            k, predicted, solver = joint
         new_keep = np.array([c[kg] for c, kg in zip(counts, k, strict=True)])
         if not met:
             log.warning(
@@ -192,6 +202,7 @@ class HALPPruner:
             saliency_kept=kept_value / total if total > 0 else 1.0,
             tightenings=tightenings,
             met=met,
+            solver=solver,
         )
         return record, masks
 
@@ -320,6 +331,31 @@ class HALPPruner:
             [lm.predict(np.array([c[m] for c, m in zip(counts, lo, strict=True)])) for lm in self.models],
             tightenings,
         )
+
+    def _joint(self, values, counts, lo, keep_now, k, budgets):
+        """The joint (cin, cout) optimum within ``joint_window`` options of the separable choice ``k``:
+        (choice, predicted ms, "joint") when it keeps more saliency within the budget, else None.
+
+        The window keeps the extra table points to (2w+1)^2 per layer around the choice, where the
+        full joint problem would need every (cin, cout) pair of each layer's two groups. One target
+        only: several are decided by the separable choice.
+        """
+        if self.joint_window is None or len(self.models) != 1:
+            return None
+        lm, w = self.models[0], self.joint_window
+        window = [np.arange(max(m, kg - w), min(len(c), kg + w + 1)) for c, m, kg in zip(counts, lo, k, strict=True)]
+        near_counts = [c[o] for c, o in zip(counts, window, strict=True)]
+        need = lm.factor_points(keep_now, near_counts)
+        if need is None:
+            return None
+        self._prefetch([need])
+        problem = lm.joint_problem(keep_now, near_counts, [v[o] for v, o in zip(values, window, strict=True)])
+        incumbent = np.array([kg - o[0] for kg, o in zip(k, window, strict=True)])
+        choice = solve_joint(problem, lm.to_table(budgets[0]), incumbent=incumbent)
+        if choice is None or problem.value(choice) <= problem.value(incumbent) * (1 + 1e-9):
+            return None
+        joint = np.array([o[c] for o, c in zip(window, choice, strict=True)])
+        return joint, [lm.predict(np.array([c[j] for c, j in zip(counts, joint, strict=True)]))], "joint"
 
     def _prefetch(self, needs: list) -> None:
         """Fill every target's missing points at once: remote targets measure in parallel."""

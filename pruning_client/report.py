@@ -38,6 +38,9 @@ class TargetReport:
     predicted_after_ms: float
     target_ms: float
     speedup: float
+    # the latency model: "line" (a x tables' sum + b fitted), "anchored" (through the unpruned model:
+    # no line fitted) or "tables" (uncalibrated); its leave-one-out residuals
+    latency_model: str
     calibration_a: float
     calibration_b: float
     calibration_residuals: list[float]
@@ -84,6 +87,7 @@ def target_reports(
             predicted_after_ms=t.latency.predict(keep),
             target_ms=goal,
             speedup=b.median_ms / a.median_ms,
+            latency_model=t.latency.calibration.kind,
             calibration_a=t.latency.calibration.a,
             calibration_b=t.latency.calibration.b,
             calibration_residuals=t.latency.calibration.residuals,
@@ -191,6 +195,13 @@ def _spread(t: dict, when: str) -> str:
     return f"{t[f'latency_{when}_ms']:.3f} [{t[f'latency_{when}_p10_ms']:.3f}-{t[f'latency_{when}_p90_ms']:.3f}]"
 
 
+def _latency_model(t: dict) -> str:
+    fit = f"{t['calibration_a']:.3f} x tables + {t['calibration_b']:.4f} ms"
+    errors = t.get("calibration_residuals") or []
+    worst = f", leave-one-out errors up to {100 * max(abs(e) for e in errors):.1f} %" if errors else ""
+    return f"{t.get('latency_model', 'line')}: {fit}{worst}"
+
+
 ROWS = [
     ("latency before (ms)", lambda t: _spread(t, "before")),
     ("latency after (ms)", lambda t: _spread(t, "after")),
@@ -204,6 +215,7 @@ ROWS = [
     ("mAP@0.5 after (%)", lambda t: _percent(t, "map50_after")),
     ("mAP@[.5:.95] before (%)", lambda t: _percent(t, "map_before")),
     ("mAP@[.5:.95] after (%)", lambda t: _percent(t, "map_after")),
+    ("latency model", _latency_model),
     ("outside the layer tables", lambda t: f"{100 * t.get('latency_outside_tables', 0.0):+.0f} %"),
     ("device", lambda t: f"{t['backend']} on {t['accelerator']} ({t['fingerprint']})"),
     ("table points measured / cached", lambda t: f"{t['points_measured']} / {t['points_cached']}"),

@@ -7,6 +7,7 @@ device, table points on demand, whole-model timings): a service over HTTP, or
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -83,9 +84,8 @@ class Target:
 
     def state_dict(self) -> dict:
         """The calibration and its samples, for a checkpoint (the tables live on the service and in the cache)."""
-        cal = self.latency.calibration
         return {
-            "calibration": {"a": cal.a, "b": cal.b, "samples": cal.samples},
+            "calibration": dataclasses.asdict(self.latency.calibration),
             "samples": [(keep.copy(), ms) for keep, ms in self.samples],
             "before": self.before.model_dump() if self.before else None,
         }
