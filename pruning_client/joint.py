@@ -172,7 +172,9 @@ def solve_joint(
     can add within the budget left is at most ``max(value - lam x cost) + lam x budget left``, and
     that maximum is exact over the pairwise structure (a DP over the open groups' choices). ``lam``
     is found by bisection on the cost of the Lagrangian choice, whose feasible end is an incumbent.
-    Costs must not be negative (table latencies are not).
+    The search first keeps only states that can come within ``rtol / 4`` of the dual bound, then
+    widens: the bound is tight on these problems, so few states live. Costs must not be negative
+    (table latencies are not).
     """
     planned = elimination_order(problem)
     if planned is None:
@@ -200,8 +202,30 @@ def solve_joint(
     best = max(feasible, key=problem.value) if feasible else None
     best_value = problem.value(best) if best is not None else -np.inf
     tables = [(lam, plan.lagrangian(lam)[0]) for lam in sorted({low, high})]
-    threshold = best_value + rtol * abs(best_value) + 1e-12 if best is not None else -np.inf
+    # the dual bound: no choice within the budget is worth more than this
+    bound = min(lam * capacity + float(to_go[0]) for lam, to_go in tables)
+    floor = best_value + rtol * abs(best_value) + 1e-12 if best is not None else -np.inf
+    # Search only above a threshold just under the bound: every choice worth more survives, so the
+    # best survivor is the optimum whenever the optimum is above it. Lower it until a choice survives
+    # or it reaches what the incumbent already guarantees (within rtol of the optimum).
+    delta = rtol / 4 or 1e-4  # exact (rtol 0) too: the ladder only orders the passes
+    while True:
+        threshold = bound - delta * abs(bound)
+        last = not np.isfinite(threshold) or threshold <= floor or delta >= 1
+        found = _search(plan, tables, capacity, floor if last else threshold)
+        # a survivor worth less than the threshold proves nothing: the optimum may have been cut
+        if last or (found is not None and problem.value(found) > threshold):
+            return found if found is not None and (best is None or problem.value(found) > best_value) else best
+        delta *= 4
 
+
+def _search(plan: _Plan, tables, capacity: float, threshold: float) -> np.ndarray | None:
+    """The best choice worth more than ``threshold`` within ``capacity`` (None if none, or too many states).
+
+    States are (choice of the open groups, cost, value); per open choice only Pareto-optimal (cost,
+    value) pairs go on, and a state whose Lagrangian bound is not above the threshold is dropped.
+    """
+    problem, lo = plan.problem, plan.lo
     assign = np.zeros((1, 0), dtype=np.int64)
     cost, value = np.zeros(1), np.zeros(1)
     parents: list[np.ndarray] = []
@@ -222,20 +246,18 @@ def solve_joint(
         potential[new_cost > capacity] = -np.inf  # costs are not negative: past the budget stays past it
         alive = np.flatnonzero(potential > threshold)
         if alive.size == 0:
-            return best
+            return None
         keys = np.stack([k[alive] for k in key], 1) if key else np.zeros((alive.size, 0), dtype=np.int64)
         alive = alive[_pareto_per_key(keys, new_cost[alive], new_value[alive])]
         if alive.size > MAX_STATES:
-            return best
+            return None
         assign = np.stack([k[alive] for k in key], 1) if key else np.zeros((alive.size, 0), dtype=np.int64)
         cost, value = new_cost[alive], new_value[alive]
         parents.append(alive // m)
         picks.append(options[alive % m])
     winner = int(np.argmax(value))
-    if best is not None and value[winner] <= best_value:
-        return best
-    choice = np.empty(n, dtype=np.int64)
-    for i in range(n - 1, -1, -1):
+    choice = np.empty(len(plan.order), dtype=np.int64)
+    for i in range(len(plan.order) - 1, -1, -1):
         choice[plan.order[i]] = picks[i][winner]
         winner = int(parents[i][winner])
     return choice

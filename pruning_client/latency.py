@@ -1,4 +1,5 @@
-"""Latency model from per-layer tables: prediction, calibration and per-group cost curves.
+"""Latency model from per-layer tables: prediction, calibration, per-group cost curves (the separable
+knapsack's) and per-layer factors over the groups a layer touches (the joint solver's).
 
 Predicted latency of a channel configuration is ``a * sum_l T_l(cin_l, cout_l) + b``
 (SPEC 5): layers timed alone miss fusion, launch overhead and the ops between

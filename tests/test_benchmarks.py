@@ -83,6 +83,15 @@ def check_knapsack(body: dict) -> None:
     assert all(i["budgets_met"] and i["value_vs_milp"] >= 1 - MULTI_TARGET_GAP for i in several)
 
 
+def check_joint(body: dict) -> None:
+    for name, model in body["models"].items():
+        summary = model["summary"]
+        assert summary["all_within_budget"], name  # every choice under the true (cin, cout) latency
+        assert summary["joint_loss_worst"] <= 1e-3 + 1e-9, name  # the joint solver within its 0.1 %
+        for row in model["instances"]:  # the pruner never does worse than its separable choice
+            assert row["production_loss"] <= row["separable_loss"] + 1e-12, row
+
+
 def check_latency_model(body: dict) -> None:
     for model in body["models"]:
         assert model["calibration"]["a"] > 0 and model["configs"], model["model"]
@@ -126,6 +135,7 @@ def check_profiling_cost(body: dict) -> None:
     "script,check",
     [
         ("knapsack", check_knapsack),
+        ("joint", check_joint),
         ("latency_model", check_latency_model),
         ("budget", check_budget),
         ("hardware_awareness", check_hardware_awareness),
