@@ -196,7 +196,7 @@ def _spread(t: dict, when: str) -> str:
 
 
 def _latency_model(t: dict) -> str:
-    fit = f"{t['calibration_a']:.3f} x tables + {t['calibration_b']:.4f} ms"
+    fit = f"{t['calibration_a']:.3f} x tables {t['calibration_b']:+.4f} ms"
     errors = t.get("calibration_residuals") or []
     worst = f", leave-one-out errors up to {100 * max(abs(e) for e in errors):.1f} %" if errors else ""
     return f"{t.get('latency_model', 'line')}: {fit}{worst}"
