@@ -34,13 +34,15 @@ def halp(*args: str, env: dict | None = None, timeout: float = 900) -> subproces
 
 
 def assert_steps_met_their_budgets(report: dict) -> None:
-    """Every pruning step's choice fits its budget on every target under the tables it was made with,
-    and the schedule's last budget is the target. (A later refit of a, b re-prices the final choice, so
-    ``predicted_after_ms`` may differ from what the step saw; measured latency is noise-bound here.)"""
-    history = report["history"]
-    assert history and all(h["met"] for h in history), history
-    assert all(p <= b * (1 + 1e-9) for h in history for p, b in zip(h["predicted_ms"], h["budget_ms"], strict=True))
-    steps = report["settings"]["steps"]
+    """Every scheduled pruning step's choice fits its budget on every target under the tables it was
+    made with, and the schedule's last budget is the target. (A later refit of a, b re-prices the final
+    choice, so ``predicted_after_ms`` may differ from what the step saw.) Repair steps after the
+    schedule aim by the measured miss, which is noise-bound here: one may ask for less than the
+    minimum the blocks allow, and then keeps the minimum (``met`` false); those that met must fit."""
+    history, steps = report["history"], report["settings"]["steps"]
+    assert len(history) >= steps and all(h["met"] for h in history[:steps]), history
+    met = [h for h in history if h["met"]]
+    assert all(p <= b * (1 + 1e-9) for h in met for p, b in zip(h["predicted_ms"], h["budget_ms"], strict=True))
     targets = [t["target_ms"] for t in report["targets"]]
     assert history[steps - 1]["budget_ms"] == pytest.approx(targets, rel=1e-9)
 
