@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch_pruning as tp
 from torch import nn
 from torch.nn import functional as F
 
@@ -107,28 +108,11 @@ class HeadAttention(nn.Module):
         drop = set(int(h) for h in heads)
         if not drop <= set(range(self.num_heads)) or len(drop) >= self.num_heads:
             raise ValueError(f"cannot remove heads {sorted(drop)} of {self.num_heads}")
-        keep = torch.tensor([h for h in range(self.num_heads) if h not in drop])
-        channels = (keep[:, None] * self.head_dim + torch.arange(self.head_dim)).ravel()
-        for name in ("q", "k", "v"):
-            setattr(self, name, _rows(getattr(self, name), channels))
-        self.out_proj = _columns(self.out_proj, channels)
-        self.num_heads = len(keep)
-
-
-def _rows(linear: nn.Linear, rows: torch.Tensor) -> nn.Linear:
-    out = nn.Linear(linear.in_features, len(rows), linear.bias is not None).to(linear.weight)
-    out.weight.copy_(linear.weight[rows])
-    if linear.bias is not None:
-        out.bias.copy_(linear.bias[rows])
-    return out
-
-
-def _columns(linear: nn.Linear, columns: torch.Tensor) -> nn.Linear:
-    out = nn.Linear(len(columns), linear.out_features, linear.bias is not None).to(linear.weight)
-    out.weight.copy_(linear.weight[:, columns])
-    if linear.bias is not None:
-        out.bias.copy_(linear.bias)
-    return out
+        channels = [h * self.head_dim + d for h in sorted(drop) for d in range(self.head_dim)]
+        for linear in (self.q, self.k, self.v):
+            tp.prune_linear_out_channels(linear, channels)
+        tp.prune_linear_in_channels(self.out_proj, channels)
+        self.num_heads -= len(drop)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ the result is within ``rtol`` of the optimum. Everything is numpy over the state
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -182,18 +183,19 @@ def solve_joint(
     n = len(problem.values)
     lo = np.zeros(n, dtype=np.int64) if min_option is None else np.asarray(min_option, dtype=np.int64)
     plan = _Plan(problem, planned[0], lo)
+    lagrangian = functools.cache(plan.lagrangian)  # the bisection's ends are needed again for the bound
     capacity = budget - problem.constant
     candidates = [np.asarray(incumbent, dtype=np.int64)] if incumbent is not None else []
     low, high = 0.0, 1.0
-    choice = plan.lagrangian(low)[1]
+    choice = lagrangian(low)[1]
     candidates.append(choice)
     if problem.cost(choice) > budget:  # the budget binds: bracket and bisect the multiplier
-        while problem.cost(choice := plan.lagrangian(high)[1]) > budget and high < 1e12:
+        while problem.cost(choice := lagrangian(high)[1]) > budget and high < 1e12:
             low, high = high, high * 4
         candidates.append(choice)
         for _ in range(50):
             mid = 0.5 * (low + high)
-            choice = plan.lagrangian(mid)[1]
+            choice = lagrangian(mid)[1]
             candidates.append(choice)
             low, high = (mid, high) if problem.cost(choice) > budget else (low, mid)
             if high - low <= 1e-9 * high:
@@ -201,7 +203,7 @@ def solve_joint(
     feasible = [c for c in candidates if problem.cost(c) <= budget and (c >= lo).all()]
     best = max(feasible, key=problem.value) if feasible else None
     best_value = problem.value(best) if best is not None else -np.inf
-    tables = [(lam, plan.lagrangian(lam)[0]) for lam in sorted({low, high})]
+    tables = [(lam, lagrangian(lam)[0]) for lam in sorted({low, high})]
     # the dual bound: no choice within the budget is worth more than this
     bound = min(lam * capacity + float(to_go[0]) for lam, to_go in tables)
     floor = best_value + rtol * abs(best_value) + 1e-12 if best is not None else -np.inf

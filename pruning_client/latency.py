@@ -186,8 +186,9 @@ class LatencyModel:
     def factor_points(self, keep: np.ndarray, counts: list[np.ndarray]) -> Needed | None:
         """Table points the joint problem needs: every layer over all combinations of its groups' counts."""
         grids = self._factor_grids(keep, counts)
-        if grids is None:
-            return None
+        return None if grids is None else self._grid_points(grids)
+
+    def _grid_points(self, grids) -> Needed:
         needed: Needed = {}
         for r, _, a, b in grids:
             _add(needed, self._keys[r], a.ravel(), b.ravel())
@@ -201,7 +202,7 @@ class LatencyModel:
         grids = self._factor_grids(keep, counts)
         if grids is None:
             return None
-        self.tables.require(self.factor_points(keep, counts))
+        self.tables.require(self._grid_points(grids))
         factors, constant = [], 0.0
         for r, groups, a, b in grids:
             table = self.tables.lookup(self._keys[r], a.ravel(), b.ravel()).reshape(a.shape)

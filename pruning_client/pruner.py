@@ -345,11 +345,9 @@ class HALPPruner:
         lm, w = self.models[0], self.joint_window
         window = [np.arange(max(m, kg - w), min(len(c), kg + w + 1)) for c, m, kg in zip(counts, lo, k, strict=True)]
         near_counts = [c[o] for c, o in zip(counts, window, strict=True)]
-        need = lm.factor_points(keep_now, near_counts)
-        if need is None:
-            return None
-        self._prefetch([need])
         problem = lm.joint_problem(keep_now, near_counts, [v[o] for v, o in zip(values, window, strict=True)])
+        if problem is None:
+            return None
         incumbent = np.array([kg - o[0] for kg, o in zip(k, window, strict=True)])
         choice = solve_joint(problem, lm.to_table(budgets[0]), incumbent=incumbent)
         if choice is None or problem.value(choice) <= problem.value(incumbent) * (1 + 1e-9):
