@@ -38,6 +38,7 @@ from pruning_client.models import MODELS
 from pruning_client.pruner import HALPPruner
 
 CACHE = default_cache_dir() / "bench-joint"  # under HALP_CACHE_DIR when set
+PLAN = [("resnet50", 64), ("mobilenet_v2", 64), ("resnext50_32x4d", 64)]  # model, input size
 BETWEEN = (0.3, 0.5, 0.7)  # budgets this far from the cheapest choice (one block per group) to the whole network
 
 
@@ -149,10 +150,14 @@ def one_model(name: str, size: int, seeds: int, target: LocalTarget) -> dict:
     return {"summary": summary, "instances": rows}
 
 
+def cpu_target() -> LocalTarget:
+    return LocalTarget("onnxruntime", threads=1, policy=TimingPolicy(warmup_ms=5, max_ms=100, rel_tol=0.05))
+
+
 def main() -> None:
     args = parse_args(__doc__)
-    target = LocalTarget("onnxruntime", threads=1, policy=TimingPolicy(warmup_ms=5, max_ms=100, rel_tol=0.05))
-    plan = [("resnet20", 32)] if args.quick else [("resnet50", 64), ("mobilenet_v2", 64), ("resnext50_32x4d", 64)]
+    target = cpu_target()
+    plan = [("resnet20", 32)] if args.quick else PLAN
     body = {"models": {name: one_model(name, size, 1 if args.quick else 3, target) for name, size in plan}}
     write(args.out, "joint", body, args.quick)
 

@@ -15,9 +15,9 @@ target it is a branch-and-bound DP over groups whose state lists stay small:
 All steps are numpy array operations; nothing loops over capacity units.
 With ``rtol=0`` the result is optimal (float costs included); a positive
 ``rtol`` prunes partial choices that cannot beat the incumbent by more than
-that fraction, which bounds the gap by ``rtol``. Several targets are solved
-as a MILP (HiGHS) on the Pareto-reduced options, stopped once HiGHS proves
-the choice within ``MULTI_TARGET_GAP`` of the optimum, then checked exactly.
+that fraction, which bounds the gap by ``rtol``. Several targets go to
+``multi_knapsack.solve_several`` (LP-priced search), within ``MULTI_TARGET_GAP``
+of the optimum and checked exactly.
 
 ``solve_paper`` re-implements the paper's augmented knapsack for comparison.
 """
@@ -30,10 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pruning_client.multi_knapsack import milp_choice, pareto_options, solve_several
+
 ArrayLike = Sequence[float] | np.ndarray
 
 
-MULTI_TARGET_GAP = 1e-3  # the 0.1 % the contract allows: HiGHS twice as fast as proving 1e-9 (benchmarks/knapsack.py)
+MULTI_TARGET_GAP = 1e-3  # the 0.1 % the contract allows (SPEC 5)
 
 
 class Infeasible(ValueError):
@@ -212,62 +214,6 @@ def _branch_and_bound(
     return keep
 
 
-def _pareto_multi(cost: np.ndarray, value: np.ndarray, lo: int) -> np.ndarray:
-    """Options of one group not dominated in (every target's cost, value)."""
-    k = np.arange(lo, cost.shape[1])
-    c, v = cost[:, lo:], value[lo:]
-    no_worse = (c[:, :, None] <= c[:, None, :]).all(0) & (v[:, None] >= v[None, :])
-    better = (c[:, :, None] < c[:, None, :]).any(0) | (v[:, None] > v[None, :])
-    dominated = (no_worse & better).any(0)
-    # identical options: keep the first
-    same = (c[:, :, None] == c[:, None, :]).all(0) & (v[:, None] == v[None, :])
-    dup = np.triu(same, 1).any(0)
-    return k[~dominated & ~dup]
-
-
-def _milp(
-    vals: list[np.ndarray], cost: list[np.ndarray], budgets: np.ndarray, options: list[np.ndarray], gap: float = 1e-9
-):
-    """One binary per allowed option, one choice per group, every budget met exactly (or None).
-
-    ``gap``: HiGHS stops once its bound proves the choice within this fraction of the optimum.
-    """
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import coo_array, vstack
-
-    targets = cost[0].shape[0]
-    group_of = np.concatenate([np.full(len(o), g) for g, o in enumerate(options)])
-    k_of = np.concatenate(options)
-    n = len(k_of)
-    obj = -np.concatenate([vals[g][o] for g, o in enumerate(options)])
-    a_cost = np.vstack([np.concatenate([cost[g][t, o] for g, o in enumerate(options)]) for t in range(targets)])
-    one_per_group = coo_array((np.ones(n), (group_of, np.arange(n))), shape=(len(options), n))
-    rows = vstack([one_per_group, coo_array(a_cost)]).tocsr()
-    tighten = np.zeros(targets)
-    for _ in range(5):  # HiGHS meets rows within its feasibility tolerance: tighten until exact
-        res = milp(
-            obj,
-            constraints=[
-                LinearConstraint(rows, np.concatenate([np.ones(len(options)), np.full(targets, -np.inf)]),
-                                 np.concatenate([np.ones(len(options)), budgets - tighten])),
-            ],
-            integrality=np.ones(n),
-            bounds=Bounds(0, 1),
-            options={"mip_rel_gap": gap},
-        )  # fmt: skip
-        if res.x is None:
-            return None
-        chosen = np.flatnonzero(res.x > 0.5)
-        keep = np.empty(len(options), dtype=np.int64)
-        keep[group_of[chosen]] = k_of[chosen]
-        totals = np.array([math.fsum(float(cost[g][t, keep[g]]) for g in range(len(cost))) for t in range(targets)])
-        over = totals - budgets
-        if (over <= 0).all():
-            return keep
-        tighten += np.maximum(over, 0) * 2 + 1e-12 * np.abs(budgets)
-    return None
-
-
 def solve_milp(
     values: Sequence[ArrayLike],
     costs: Sequence[ArrayLike],
@@ -278,7 +224,7 @@ def solve_milp(
     vals, cost, lo = _check_inputs(values, costs, min_keep)
     rows = [np.atleast_2d(c) for c in cost]
     budgets = np.atleast_1d(np.asarray(budget, dtype=np.float64))
-    keep = _milp(vals, rows, budgets, [np.arange(int(m), len(v)) for v, m in zip(vals, lo, strict=True)])
+    keep = milp_choice(vals, rows, budgets, [np.arange(int(m), len(v)) for v, m in zip(vals, lo, strict=True)])
     if keep is None:
         raise Infeasible(f"no choice fits the budgets {budgets.tolist()}")
     return keep
@@ -288,8 +234,8 @@ def _solve_multi(vals: list[np.ndarray], cost: list[np.ndarray], budgets: np.nda
     targets = cost[0].shape[0]
     if len(budgets) != targets or any(c.shape[0] != targets for c in cost):
         raise ValueError(f"{len(budgets)} budgets for costs of {targets} targets")
-    options = [_pareto_multi(c, v, int(m)) for c, v, m in zip(cost, vals, lo, strict=True)]
-    keep = _milp(vals, cost, budgets, options, gap=MULTI_TARGET_GAP)
+    options = [pareto_options(c, v, int(m)) for c, v, m in zip(cost, vals, lo, strict=True)]
+    keep = solve_several(vals, cost, budgets, options, rtol=MULTI_TARGET_GAP)
     if keep is None:
         cheapest = np.array([int(m) + int(np.argmin(c[:, m:].max(0))) for c, m in zip(cost, lo, strict=True)])
         totals = [math.fsum(float(cost[g][t, cheapest[g]]) for g in range(len(cost))) for t in range(targets)]
