@@ -125,6 +125,8 @@ class DeviceInfo(BaseModel):
     accelerator: str
     memory_bytes: int = 0
     threads: int | None = None
+    # channels per tile of the backend's kernels (16 on AVX-512 CPUs, else 8); older services: 8
+    channel_block: int = 8
     precisions: list[str] = []
     precisions_refused: dict[str, str] = {}  # dtype -> why the probe layer did not build or run
     host: str = ""

@@ -3,7 +3,10 @@ knapsack's) and per-layer factors over the groups a layer touches (the joint sol
 
 Predicted latency of a channel configuration is ``a * sum_l T_l(cin_l, cout_l) + b``
 (SPEC 5): layers timed alone miss fusion, launch overhead and the ops between
-them, so ``a`` and ``b`` are fitted per target on end-to-end measurements.
+them, so ``a`` and ``b`` are fitted per target on end-to-end measurements. A
+per-kind calibration weights each layer's ``T_l`` by its kind's slope over ``a``
+(``LatencyModel.weights``), so every sum here, the knapsack's costs included,
+stays in one unit whatever the model.
 The model never measures anything itself: it says which (shape, cin, cout)
 points it needs and reads them from ``LatencyTables``, which may fetch them.
 """
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pruning_client.calibration import Calibration, fit
+from pruning_client.calibration import Calibration, best_fit, fitted_kinds, layer_kind
 from pruning_client.graph import ModelGraph
 from pruning_client.joint import MAX_OPEN, Factor, JointProblem
 
@@ -82,6 +85,7 @@ class LatencyModel:
         self.tables = tables
         self.calibration = calibration or Calibration()
         self._keys = [lc.shape.key for lc in graph.layers]
+        self._kinds = [layer_kind(lc.shape) for lc in graph.layers]
         # which layers each group's channel count reaches (as cin or cout)
         touches = (graph.f_in != 0) | (graph.f_out != 0)
         self._layers_of = [np.flatnonzero(touches[:, g]) for g in range(len(graph.groups))]
@@ -94,12 +98,21 @@ class LatencyModel:
             _add(needed, key, [a], [b])
         return needed
 
-    def layer_latency(self, keep: np.ndarray) -> np.ndarray:
+    def weights(self) -> np.ndarray:
+        """Per layer, how its table time counts in ``table_sum`` (1 unless the calibration is per kind)."""
+        return np.array([self.calibration.weight(k) for k in self._kinds])
+
+    def table_times(self, keep: np.ndarray) -> np.ndarray:
+        """Per layer, its table entry as measured alone."""
         self.tables.require(self.points_for(keep))
         cin, cout = self.graph.channels(keep)
         return np.array(
             [self.tables.points[k][(int(a), int(b))] for k, a, b in zip(self._keys, cin, cout, strict=True)]
         )
+
+    def layer_latency(self, keep: np.ndarray) -> np.ndarray:
+        """Per layer, its table time as the latency model counts it."""
+        return self.table_times(keep) * self.weights()
 
     def table_sum(self, keep: np.ndarray) -> float:
         return float(self.layer_latency(keep).sum())
@@ -120,9 +133,32 @@ class LatencyModel:
         self.tables.require({key: {(cin, c) for c in couts}})
         return [self.tables.points[key][(cin, c)] for c in couts]
 
+    def fitted_kinds(self) -> list[str]:
+        """The kinds of layer that get a slope of their own (see ``calibration.fitted_kinds``)."""
+        return fitted_kinds(self._kinds, self.table_times(self.graph.sizes))
+
+    def by_kind(self, keep: np.ndarray, kinds: list[str]) -> np.ndarray:
+        """Table time per kind in ``kinds``, then the rest's."""
+        times, of = self.table_times(keep), np.asarray(self._kinds)
+        per_kind = [times[of == k].sum() for k in kinds]
+        return np.array([*per_kind, times.sum() - sum(per_kind)])
+
+    def kind_shares(self) -> np.ndarray:
+        """(groups, fitted kinds): each group's fraction of its layers' unpruned table time in each kind."""
+        times, of, kinds = self.table_times(self.graph.sizes), np.asarray(self._kinds), self.fitted_kinds()
+        shares = np.zeros((len(self._layers_of), len(kinds)))
+        for g, rows in enumerate(self._layers_of):
+            total = times[rows].sum()
+            for j, k in enumerate(kinds):
+                shares[g, j] = times[rows][of[rows] == k].sum() / total if total > 0 else 0.0
+        return shares
+
     def calibrate(self, samples: list[tuple[np.ndarray, float]]) -> Calibration:
-        """Fit (a, b) on (keep, measured ms) pairs; see ``calibration.fit``."""
-        self.calibration = fit([self.table_sum(k) for k, _ in samples], [m for _, m in samples])
+        """Fit the latency model on (keep, measured ms) pairs: the line, or per kind where that predicts
+        the samples left out better (``calibration.best_fit``)."""
+        kinds = self.fitted_kinds()
+        x = np.array([self.by_kind(k, kinds) for k, _ in samples])
+        self.calibration = best_fit(x, [m for _, m in samples], kinds)
         return self.calibration
 
     # --- per-group cost curves for the knapsack --------------------------------------------
@@ -155,11 +191,11 @@ class LatencyModel:
         """
         self.tables.require(self.curve_points(keep, counts, out_only))
         self.tables.require(self.points_for(keep))
-        curves = []
+        curves, weight = [], self.weights()
         for c, layers in zip(counts, self._curves(keep, counts, out_only), strict=True):
             total = np.zeros(len(c))
             for r, now, a, b in layers:
-                total += self.tables.lookup(self._keys[r], a, b) - self.tables.points[self._keys[r]][now]
+                total += weight[r] * (self.tables.lookup(self._keys[r], a, b) - self.tables.points[self._keys[r]][now])
             curves.append(total)
         return curves
 
@@ -203,9 +239,9 @@ class LatencyModel:
         if grids is None:
             return None
         self.tables.require(self._grid_points(grids))
-        factors, constant = [], 0.0
+        factors, constant, weight = [], 0.0, self.weights()
         for r, groups, a, b in grids:
-            table = self.tables.lookup(self._keys[r], a.ravel(), b.ravel()).reshape(a.shape)
+            table = weight[r] * self.tables.lookup(self._keys[r], a.ravel(), b.ravel()).reshape(a.shape)
             if groups:
                 factors.append(Factor(groups, table))
             else:

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 BEAM = 128  # states the dive keeps per group
 MAX_STATES = 1024  # live states past which the search hands over to HiGHS (its dominance check is quadratic)
+MAX_ROUNDINGS = 1 << 16  # mixes of the fractional groups' options the rounding tries
 
 
 def pareto_options(cost: np.ndarray, value: np.ndarray, lo: int) -> np.ndarray:
@@ -100,7 +101,7 @@ def _round(opts: _Options, x: np.ndarray, budgets: np.ndarray) -> np.ndarray | N
     fractional = np.flatnonzero(counts > 1)
     if fractional.size:
         choices = [support[opts.group[support] == g] for g in fractional]
-        if math.prod(len(c) for c in choices) > 1 << 16:
+        if math.prod(len(c) for c in choices) > MAX_ROUNDINGS:
             return None
         combos = np.stack([m.ravel() for m in np.meshgrid(*choices, indexing="ij")], axis=1)  # (m, F)
         fixed = np.setdiff1d(np.arange(opts.groups), fractional)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pruning_client import plots
+from pruning_client.calibration import Calibration
 
 if TYPE_CHECKING:
     from pruning_client.graph import ModelGraph
@@ -38,12 +39,14 @@ class TargetReport:
     predicted_after_ms: float
     target_ms: float
     speedup: float
-    # the latency model: "line" (a x tables' sum + b fitted), "anchored" (through the unpruned model:
-    # no line fitted) or "tables" (uncalibrated); its leave-one-out residuals
+    # the latency model: "line" (a x tables' sum + b fitted), "per-kind" (a slope per kind of layer),
+    # "anchored" (through the unpruned model: no line fitted) or "tables" (uncalibrated); its
+    # leave-one-out residuals
     latency_model: str
     calibration_a: float
     calibration_b: float
     calibration_residuals: list[float]
+    calibration_slopes: dict[str, float]  # per-kind: each fitted kind's slope (the others at calibration_a)
     # (measured - sum of the layer tables) / measured, unpruned: what runs outside the timed layers
     # (attention, norms, pooling) net of what fusion saves; large means the intercept carries much
     latency_outside_tables: float
@@ -90,8 +93,9 @@ def target_reports(
             latency_model=t.latency.calibration.kind,
             calibration_a=t.latency.calibration.a,
             calibration_b=t.latency.calibration.b,
+            calibration_slopes=t.latency.calibration.slopes,
             calibration_residuals=t.latency.calibration.residuals,
-            latency_outside_tables=1 - t.latency.table_sum(t.latency.graph.sizes) / b.median_ms,
+            latency_outside_tables=1 - t.latency.table_times(t.latency.graph.sizes).sum() / b.median_ms,
             points_measured=t.profiler.measured_points,
             points_cached=t.profiler.cached_points,
             **metrics,
@@ -196,10 +200,11 @@ def _spread(t: dict, when: str) -> str:
 
 
 def _latency_model(t: dict) -> str:
-    fit = f"{t['calibration_a']:.3f} x tables {t['calibration_b']:+.4f} ms"
+    cal = Calibration(t["calibration_a"], t["calibration_b"], kind=t.get("latency_model", "line"),
+                      slopes=t.get("calibration_slopes") or {})  # fmt: skip
     errors = t.get("calibration_residuals") or []
     worst = f", leave-one-out errors up to {100 * max(abs(e) for e in errors):.1f} %" if errors else ""
-    return f"{t.get('latency_model', 'line')}: {fit}{worst}"
+    return f"{cal.describe()}{worst}"
 
 
 ROWS = [

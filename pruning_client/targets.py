@@ -74,7 +74,7 @@ class Target:
                 return None
             except CalibrationError as e:
                 error = e
-        table_sum = self.latency.table_sum(probes[0][0])
+        table_sum = float(self.latency.table_times(probes[0][0]).sum())  # anchored: every layer at weight 1
         cal = self.latency.calibration = anchored(table_sum, self.before.median_ms)
         return (
             f"no line fits the measurements ({error}): predicting through the unpruned model's "

@@ -8,15 +8,17 @@ on these pieces.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from pruning_client.attention import convert_attention
 from pruning_client.cache import TableCache
-from pruning_client.calibration import probe_keeps
+from pruning_client.calibration import kind_probe_keeps, probe_keeps
 from pruning_client.checkpoint import CheckpointError
 from pruning_client.data import Feed, Loaders
 from pruning_client.distributed import Context
@@ -68,6 +70,7 @@ class Run:
         self.clients: list[ProfilerClient] = []
         self.outputs: list[Path] = []  # report directories written by prune(): one, or one per target
         self.training: dict[str, dict] = {}  # per phase: images, seconds, images/s (this process's view)
+        self.channel_block = 8  # automatic blocks align to this: every target's kernels' channel tile
 
     # --- pieces --------------------------------------------------------------------------------
     def load(self) -> tuple[Loaders, nn.Module]:
@@ -124,12 +127,17 @@ class Run:
         return export_onnx(model, example, self.s.dtype)
 
     def calibrate(self, targets: list[Target], model: nn.Module, graph: ModelGraph, example, deploy) -> bytes:
-        """Fit a, b per target on the unpruned network and copies thinned to 3/4 and 1/2; the unpruned ONNX."""
+        """Fit each target's latency model on the unpruned network, copies thinned to 3/4 and 1/2, and
+        (where kinds of layer get slopes of their own) copies thinning one kind's groups; the unpruned ONNX."""
         unpruned = self.export(model, deploy)
         if not self.s.calibrate:
             self.ui.stage("not calibrated (--no-calibrate): the tables' sum is the predicted latency")
             return unpruned
-        keeps = probe_keeps(graph.sizes, self.block_sizes(graph))
+        blocks = self.block_sizes(graph)
+        keeps = probe_keeps(graph.sizes, blocks)
+        for t in targets:  # each target's fitted kinds (its tables decide which have time enough)
+            extra = kind_probe_keeps(graph.sizes, blocks, t.latency.kind_shares())
+            keeps += [k for k in extra if not any(np.array_equal(k, seen) for seen in keeps)]
         thinned = [self.export(pruned_copy(model, example, graph.first_channels(k)), deploy) for k in keeps[1:]]
         probes = list(zip(keeps, [unpruned, *thinned], strict=True))
         notes = parallel(lambda t: t.calibrate(probes, input_shape(deploy)), targets)
@@ -139,7 +147,7 @@ class Run:
             cal = t.latency.calibration
             errors = ", ".join(f"{100 * r:+.1f}" for r in cal.residuals)
             self.ui.stage(
-                f"{t.profiler.url}: {t.before.median_ms:.3f} ms measured; a={cal.a:.3f} b={cal.b:.4f} "
+                f"{t.profiler.url}: {t.before.median_ms:.3f} ms measured; {cal.describe()} "
                 + (f"(leave-one-out errors {errors} %)" if errors else "(not fitted)")
             )
         return unpruned
@@ -165,7 +173,7 @@ class Run:
         return graph
 
     def block_sizes(self, graph: ModelGraph) -> list[int]:
-        return block_sizes(graph, self.s.block_size)
+        return block_sizes(graph, self.s.block_size, align=self.channel_block)
 
     def setup(self, model: nn.Module, size: int) -> tuple[ModelGraph, list[Target], torch.Tensor, torch.Tensor]:
         """Every target contacted and pinned, the graph analysed and the unpruned model's tables measured.
@@ -179,6 +187,9 @@ class Run:
         remotes = self.ctx.on_main(self.connect) or []
         for r in remotes:
             self.ui.stage(f"target {r.url}: {r.device.backend} on {r.device.accelerator} ({r.fingerprint})")
+        self.channel_block = self.ctx.from_main(lambda: math.lcm(8, *(r.device.channel_block for r in remotes)))
+        if self.s.block_size is None and self.channel_block != 8:
+            self.ui.stage(f"automatic blocks in multiples of {self.channel_block} channels (the targets' kernel tile)")
         with torch.random.fork_rng():  # the run's random stream (init, data order) stays the seed's alone
             example = torch.randn(1, 3, size, size)
             deploy = torch.randn(self.s.batch, 3, size, size)

@@ -92,6 +92,13 @@ def check_joint(body: dict) -> None:
             assert row["production_loss"] <= row["separable_loss"] + 1e-12, row
 
 
+def check_channel_tile(body: dict) -> None:
+    configs = body["configs"]
+    assert configs["half - 16"]["channels"] < configs["half - 8"]["channels"] < configs["half"]["channels"]
+    assert all(c["tables_ms"] > 0 and c["measured_ms"] > 0 for c in configs.values())
+    assert body["device"]["channel_block"] in (8, 16)
+
+
 def check_latency_model(body: dict) -> None:
     for model in body["models"]:
         assert model["calibration"]["a"] > 0 and model["configs"], model["model"]
@@ -137,6 +144,7 @@ def check_profiling_cost(body: dict) -> None:
         ("knapsack", check_knapsack),
         ("joint", check_joint),
         ("latency_model", check_latency_model),
+        ("channel_tile", check_channel_tile),
         ("budget", check_budget),
         ("hardware_awareness", check_hardware_awareness),
         ("profiling_cost", check_profiling_cost),

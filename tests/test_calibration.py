@@ -9,7 +9,7 @@ import torch
 from profiler_service.local_target import LocalTarget
 from profiler_service.schemas import MeasureResult
 from profiler_service.timing import TimingPolicy
-from pruning_client.calibration import CalibrationError, anchored, fit, probe_keeps
+from pruning_client.calibration import CalibrationError, anchored, fit, fit_per_kind, kind_probe_keeps, probe_keeps
 from pruning_client.export import export_onnx
 from pruning_client.graph import analyse
 from pruning_client.latency import LatencyModel, LatencyTables
@@ -128,3 +128,99 @@ def test_the_fallback_shifts_tables_that_count_too_much_down_to_the_measured_mod
     assert (cal.a, cal.b) == (1.0, -1.0) and cal.predict(3.0) == 2.0
     # a 0.6 budget asks the tables' sum to lose 0.8 ms of real time, not 40 % of their own sum
     assert cal.to_table(0.6 * 2.0) == pytest.approx(2.2)
+
+
+def kinds_graph():
+    """MobileNetV2 at 32x32: dense and depthwise convs enough for a slope each, one linear layer."""
+    from pruning_client.models import mobilenet_v2
+
+    return analyse(mobilenet_v2(10).eval(), torch.randn(1, 3, 32, 32))
+
+
+def kind_tables(graph):
+    """Tables where a depthwise conv costs per channel what a dense one costs per channel pair (x 40)."""
+    depthwise = {lc.shape.key for lc in graph.layers if lc.shape.depthwise}
+
+    def fetch(need):
+        return {k: {p: 1e-4 * (40 * p[1] if k in depthwise else p[0] * p[1]) for p in pts} for k, pts in need.items()}
+
+    return LatencyTables(fetch=fetch)
+
+
+def per_kind_truth(latency, keep, slopes, b=0.05) -> float:
+    kinds = latency.fitted_kinds()
+    parts = latency.by_kind(keep, kinds)
+    return float(sum(slopes[k] * s for k, s in zip(kinds, parts[:-1], strict=True)) + parts[-1] + b)
+
+
+def test_per_kind_slopes_are_found_and_chosen_where_the_kinds_differ():
+    """A depthwise conv that the network runs at 0.4 of its table time, dense convs at 1.1: the line
+    misses configurations that thin one kind more than the other; the per-kind model does not."""
+    graph = kinds_graph()
+    latency = LatencyModel(graph, kind_tables(graph))
+    assert latency.fitted_kinds() == ["dense", "depthwise"]
+    truth = {"dense": 1.1, "depthwise": 0.4}
+    blocks = [8] * len(graph.sizes)
+    probes = probe_keeps(graph.sizes, blocks) + kind_probe_keeps(graph.sizes, blocks, latency.kind_shares())
+    assert len(probes) == 5
+    rng = np.random.default_rng(0)
+    noise = lambda: 1 + rng.normal(0, 0.003)  # noqa: E731
+    cal = latency.calibrate([(k, per_kind_truth(latency, k, truth) * noise()) for k in probes])
+    assert cal.kind == "per-kind" and set(cal.slopes) == {"dense", "depthwise"}
+    assert cal.slopes["dense"] == pytest.approx(1.1, rel=0.1) and cal.slopes["depthwise"] == pytest.approx(0.4, rel=0.2)
+    assert cal.weight("linear") == 1.0 and cal.weight("depthwise") == pytest.approx(cal.slopes["depthwise"] / cal.a)
+
+    line = fit([latency.by_kind(k, []).sum() for k in probes], [per_kind_truth(latency, k, truth) for k in probes])
+    sizes = graph.sizes
+    errors = {"per-kind": [], "line": []}
+    for _ in range(10):
+        keep = np.array([max(8, int(rng.integers(s // 4, s + 1)) // 8 * 8) for s in sizes])
+        measured = per_kind_truth(latency, keep, truth)
+        errors["per-kind"].append(abs(latency.predict(keep) - measured) / measured)
+        errors["line"].append(abs(line.predict(latency.by_kind(keep, []).sum()) - measured) / measured)
+    assert max(errors["per-kind"]) < 0.02 < max(errors["line"])
+
+
+def test_a_line_stays_the_model_where_the_kinds_do_not_differ():
+    graph = kinds_graph()
+    latency = LatencyModel(graph, kind_tables(graph))
+    blocks = [8] * len(graph.sizes)
+    probes = probe_keeps(graph.sizes, blocks) + kind_probe_keeps(graph.sizes, blocks, latency.kind_shares())
+    cal = latency.calibrate([(k, 1.2 * latency.table_sum(k) + 0.05) for k in probes])
+    assert cal.kind == "line" and cal.slopes == {} and cal.a == pytest.approx(1.2)
+
+
+def test_per_kind_weights_reach_every_sum_the_solvers_use():
+    """Prediction, the separable cost curves and the joint problem's factors all count a layer at its
+    kind's slope: a change of one group costs the same in each."""
+    graph = kinds_graph()
+    latency = LatencyModel(graph, kind_tables(graph))
+    latency.calibration = fit_per_kind(np.array([[1.0, 1.0, 1.0], [2.0, 1.5, 1.0], [1.0, 3.0, 1.0]]),
+                                       [2.0, 2.9, 3.2], ["dense", "depthwise"])  # fmt: skip
+    cal = latency.calibration
+    keep = graph.sizes
+    parts = latency.by_kind(keep, ["dense", "depthwise"])
+    manual = cal.slopes["dense"] * parts[0] + cal.slopes["depthwise"] * parts[1] + cal.a * parts[2] + cal.b
+    assert latency.predict(keep) == pytest.approx(manual)
+
+    g = int(np.argmax(latency.kind_shares()[:, 1]))  # the group most in depthwise convs
+    counts = [np.array([k]) for k in keep]
+    counts[g] = np.array([keep[g] // 2, keep[g]])
+    smaller = keep.copy()
+    smaller[g] = keep[g] // 2
+    change = latency.table_sum(smaller) - latency.table_sum(keep)
+    assert latency.cost_curves(keep, counts)[g][0] == pytest.approx(change)
+    problem = latency.joint_problem(keep, counts, [np.zeros(len(c)) for c in counts])
+    choice = [len(c) - 1 for c in counts]
+    assert problem.cost(choice) == pytest.approx(latency.table_sum(keep))
+    choice[g] = 0
+    assert problem.cost(choice) == pytest.approx(latency.table_sum(smaller))
+    assert "per-kind" in cal.describe() and "depthwise x" in cal.describe()
+
+
+def test_kind_probes_thin_each_kinds_groups_and_none_with_one_kind():
+    sizes, blocks = np.array([64, 32, 16, 48]), [8] * 4
+    shares = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.1, 0.9]])
+    dense, depthwise = kind_probe_keeps(sizes, blocks, shares)
+    assert dense.tolist() == [32, 32, 8, 48] and depthwise.tolist() == [64, 16, 16, 24]
+    assert kind_probe_keeps(sizes, blocks, shares[:, :1]) == []

@@ -173,3 +173,25 @@ def test_the_joint_choice_keeps_more_saliency_where_the_separable_one_gives_it_u
         kept[window] = (record.saliency_kept, record.solver)
     assert kept[None][1] == "separable" and kept[2][1] == "joint"
     assert kept[2][0] > kept[None][0] + 0.01
+
+
+def test_automatic_blocks_follow_the_targets_channel_tile_where_groups_are_wide_enough():
+    """16-channel tiles (AVX-512 CPUs) for groups of 64+ channels; a 16- or 32-channel group keeps
+    8-channel blocks, so it still has a choice."""
+    from pruning_client.schedule import block_sizes
+
+    graph = analyse(resnet20(10).eval(), torch.randn(1, 3, 32, 32))
+    by_size = {g.size: b for g, b in zip(graph.groups, block_sizes(graph, align=16), strict=True)}
+    assert by_size[64] == 16 and by_size[32] == 8 and by_size[16] == 8
+    assert all(b == 8 for b in block_sizes(graph))  # the default tile: ResNet-20's groups are all small
+
+
+def test_a_service_that_does_not_say_its_tile_is_taken_as_8():
+    from profiler_service.schemas import DeviceInfo
+
+    old = DeviceInfo(fingerprint="f", backend="onnxruntime", backend_version="1", accelerator="cpu")
+    assert old.channel_block == 8
+    here = LocalTarget("onnxruntime", threads=1).device
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        avx512 = any(line.startswith("flags") and "avx512f" in line.split() for line in f)
+    assert here.channel_block == (16 if avx512 else 8)

@@ -55,7 +55,10 @@ def test_prune_writes_a_model_that_meets_the_budget_and_a_report(pruned_run):
     assert target["speedup"] == pytest.approx(target["latency_before_ms"] / target["latency_after_ms"], rel=1e-3)
     assert target["predicted_after_ms"] > 0
     # the latency model used (a fitted line, or through the unpruned model when noise defines none)
-    assert target["latency_model"] in {"line", "anchored"} and "latency model" in (out / "report.md").read_text()
+    assert (
+        target["latency_model"] in {"line", "per-kind", "anchored"}
+        and "latency model" in (out / "report.md").read_text()
+    )
     assert len(report["history"]) >= 2 and {h["solver"] for h in report["history"]} <= {"separable", "joint"}
     for name in ("model.onnx", "model.pt", "report.md", "latency_steps.png", "channels.png", "staircase.png"):
         assert (out / name).stat().st_size > 0, name

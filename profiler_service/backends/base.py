@@ -38,6 +38,7 @@ class DeviceDescription:
     backend: str
     backend_version: str
     threads: int | None = None
+    channel_block: int = 8  # the channel tile its kernels work in: counts off it pay padding
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -68,6 +69,21 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_channel_block() -> int:
+    """Channels per block of the CPU's blocked (NCHWc) conv layout: 16 where AVX-512F holds 16 floats
+    a register, else 8. Measured on an AVX-512 Xeon: ResNet-18 at half width (multiples of 32) against
+    8 fewer channels per group, the tables summed 2.6 % more and the whole model took 8.4 % longer
+    for fewer channels; 16 fewer took 36 % less."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return 16 if "avx512f" in line.split() else 8
+    except OSError:
+        pass
+    return 8
 
 
 def host_memory_bytes() -> int:
@@ -140,6 +156,7 @@ class Backend(ABC):
             "accelerator": d.accelerator,
             "memory_bytes": d.memory_bytes,
             "threads": d.threads,
+            "channel_block": d.channel_block,
             "precisions": list(self.precisions),
             "precisions_refused": {d: why for d, why in self.precision_probe.items() if why is not None},
             "host": platform.node(),

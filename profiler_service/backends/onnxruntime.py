@@ -16,6 +16,7 @@ from profiler_service.backends.base import (
     BackendUnavailable,
     DeviceDescription,
     UnsupportedModel,
+    cpu_channel_block,
     cpu_name,
     host_memory_bytes,
 )
@@ -80,6 +81,7 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> DeviceDescription:
         return DeviceDescription(
             accelerator=cpu_name(),
+            channel_block=cpu_channel_block(),
             memory_bytes=host_memory_bytes(),
             backend=self.name,
             backend_version=self._ort.__version__,

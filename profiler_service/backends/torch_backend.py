@@ -17,6 +17,7 @@ from profiler_service.backends.base import (
     BackendUnavailable,
     DeviceDescription,
     UnsupportedModel,
+    cpu_channel_block,
     cpu_name,
     host_memory_bytes,
 )
@@ -89,6 +90,7 @@ class TorchCpuBackend(Backend):
     def describe(self) -> DeviceDescription:
         return DeviceDescription(
             accelerator=cpu_name(),
+            channel_block=cpu_channel_block(),
             memory_bytes=host_memory_bytes(),
             backend=self.name,
             backend_version=self._torch.__version__,
