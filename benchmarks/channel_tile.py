@@ -1,9 +1,10 @@
 """What an off-tile channel count costs on this CPU: the reason automatic blocks follow `channel_block`.
 
 ResNet-18 at 224x224, batch 1, ONNX Runtime on one thread (in process): every group at half its width
-(a multiple of 32 channels: all of ResNet-18's groups have 64 or more), then 8 channels fewer per group (off a 16-channel tile, on an 8-channel
-one), then 16 fewer (on both). Tables' sums and whole-model latencies (median of interleaved rounds)
-side by side: on a CPU whose kernels tile channels by 16, the 8-fewer copy is slower than the wider one.
+(a multiple of 32 channels: all of ResNet-18's groups have 64 or more), then 8 channels fewer per
+group (off a 16-channel tile, on an 8-channel one), then 16 fewer (on both). Tables' sums and
+whole-model latencies (median of interleaved rounds) side by side: on a CPU whose kernels tile
+channels by 16, the 8-fewer copy is slower than the wider one.
 """
 
 from __future__ import annotations

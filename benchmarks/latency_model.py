@@ -19,6 +19,7 @@ Side by side on the same samples and configurations:
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -163,12 +164,17 @@ def main() -> None:
         else [(m, 224, 20) for m in ("resnet18", "resnet50", "mobilenet_v2", "resnext50_32x4d", "vgg16_bn")]
     )
     rng = np.random.default_rng(0)
+    # VGG-16-BN's ONNX is 553 MB (its 25,088 x 4,096 classifier): above a service's default upload limit
+    os.environ.setdefault("HALP_MAX_UPLOAD_BYTES", str(1 << 30))
+    results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         state = args.state or Path(tmp)
         with profiler_url(args, state) as url, ProfilerClient(url) as client:
             target = RemoteTarget(client, TableCache(state / "cache"))
-            results = [check_model(name, size, n, target, rng) for name, size, n in plan]
             device = target.device.model_dump()
+            for name, size, n in plan:  # each model's results written as soon as they are in
+                results.append(check_model(name, size, n, target, rng))
+                write(args.out, "latency_model", {"device": device, "models": results, "partial": True}, args.quick)
     for r in results:
         per_kind = r["per_kind"] or {"median_abs_error": float("nan"), "worst_abs_error": float("nan")}
         print(f"{r['model']}: line median |error| {r['line']['median_abs_error']:.3f} worst "
