@@ -73,9 +73,8 @@ def cpu_name() -> str:
 
 def cpu_channel_block() -> int:
     """Channels per block of the CPU's blocked (NCHWc) conv layout: 16 where AVX-512F holds 16 floats
-    a register, else 8. Measured on an AVX-512 Xeon: ResNet-18 at half width (multiples of 32) against
-    8 fewer channels per group, the tables summed 2.6 % more and the whole model took 8.4 % longer
-    for fewer channels; 16 fewer took 36 % less."""
+    a register, else 8. Measured on an AVX-512 Xeon (benchmarks/channel_tile.py): ResNet-18 at half
+    width (multiples of 32) took 2.9 % longer with 8 channels fewer per group, 35 % less with 16 fewer."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
