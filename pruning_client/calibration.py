@@ -10,8 +10,9 @@ What a layer timed alone over-counts differs by kind of layer: a depthwise
 conv on a CPU pays layout conversions at its input and output about as long
 as its arithmetic, a dense conv much less. The per-kind model gives each kind
 with enough layers and time its own slope (``ms = sum_k a_k * sum_k + b``),
-pulled towards the global slope so that a handful of samples cannot overfit;
-it is used only where its leave-one-out errors beat the line's.
+pulled towards the global slope; it is used only where its leave-one-out
+errors are half the line's or less (on a noisy host a per-kind fit of five
+samples can beat the line on them by chance and predict worse).
 """
 
 from __future__ import annotations
