@@ -145,7 +145,8 @@ class LatencyModel:
 
     def kind_shares(self) -> np.ndarray:
         """(groups, fitted kinds): each group's fraction of its layers' unpruned table time in each kind."""
-        times, of, kinds = self.table_times(self.graph.sizes), np.asarray(self._kinds), self.fitted_kinds()
+        times, of = self.table_times(self.graph.sizes), np.asarray(self._kinds)
+        kinds = fitted_kinds(self._kinds, times)
         shares = np.zeros((len(self._layers_of), len(kinds)))
         for g, rows in enumerate(self._layers_of):
             total = times[rows].sum()
