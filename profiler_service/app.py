@@ -62,7 +62,7 @@ def start_worker(settings: Settings) -> Worker:
     policy = TimingPolicy(max_ms=settings.timing_max_ms, rel_tol=settings.timing_rel_tol)
     config = WorkerConfig(
         settings.backend, settings.threads, str(settings.cache_dir), settings.worker_memory_mb * 2**20, policy,
-        settings.device_index,
+        settings.device_index, settings.timing_reference,
     )  # fmt: skip
     worker = Worker(config)
     worker.start()
@@ -85,6 +85,10 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
         info = DeviceInfo(**worker.device)
         with sessions.begin() as session:
             device_id = store.ensure_device(session, info.fingerprint, info.backend, info.model_dump())
+            stored_reference = store.device_description(session, device_id).get("reference_ms")
+        if info.timing == "reference" and stored_reference and stored_reference != info.reference_ms:
+            # this store's tables count the reference as the service that created it measured it
+            info = DeviceInfo(**worker.pin_reference(stored_reference, settings.point_deadline_s))
         measurer = Measurer(worker, metrics, settings.point_deadline_s, settings.measure_wait_s)
         tables = TableReader(sessions, device_id, info)
         manager = JobManager(

@@ -130,6 +130,10 @@ class DeviceInfo(BaseModel):
     precisions: list[str] = []
     precisions_refused: dict[str, str] = {}  # dtype -> why the probe layer did not build or run
     host: str = ""
+    # "reference": every time measured relative to a reference layer (drift-compensated) and reported
+    # as ms with the reference counted as ``reference_ms``; older services: absolute
+    timing: Literal["absolute", "reference"] = "absolute"
+    reference_ms: float | None = None
 
 
 class MeasureResult(BaseModel):

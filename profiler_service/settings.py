@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     memory_fraction: float = Field(0.5, gt=0, le=1, description="share of device memory one point may use")
     timing_max_ms: float = Field(3000.0, gt=0, description="wall-time cap of one measurement")
     timing_rel_tol: float = Field(0.01, gt=0, lt=1, description="median stability to stop timing")
+    timing_reference: bool | None = Field(
+        None,
+        description="time every point and model relative to a reference layer run between samples, which "
+        "cancels a shared host's drifting speed (default: on for CPU backends, off for GPU ones)",
+    )
     worker_memory_mb: int = Field(
         default_factory=default_worker_memory_mb, ge=256, description="memory limit of the measurement worker"
     )

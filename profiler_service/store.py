@@ -26,6 +26,11 @@ def ensure_device(session: Session, fingerprint: str, backend: str, description:
     return session.scalars(select(Device.id).where(Device.fingerprint == fingerprint)).one()
 
 
+def device_description(session: Session, device_id: int) -> dict:
+    """The description stored when the device's first service started."""
+    return session.scalars(select(Device.description).where(Device.id == device_id)).one()
+
+
 def ensure_shape(session: Session, key: str) -> int:
     session.execute(sqlite_insert(Shape).values(key=key).on_conflict_do_nothing(index_elements=["key"]))
     return session.scalars(select(Shape.id).where(Shape.key == key)).one()

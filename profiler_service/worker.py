@@ -13,10 +13,10 @@ so an out-of-memory or a hung kernel is the child's alone.
 
 Protocol: pickled tuples over a socket pair. The child answers its config with
 ``("ready", device_json, gpu)`` or ``("unavailable", reason)``, then each
-request ``("layer", shape_key, cin, cout)`` or ``("model", path, shapes)``
-with ``("ok", stats, shapes)`` or ``("error", kind, message)``; kinds: ``invalid`` and ``limit``
-(refused by a check), ``unsupported`` (the backend cannot run it), ``memory`` (an allocation failed
-at the limit: the child is replaced), ``failed``.
+request ``("layer", shape_key, cin, cout)``, ``("model", path, shapes)`` or ``("pin", reference_ms)``
+with ``("ok", stats, shapes)`` (a pin: ``("ok", device_json, None)``) or ``("error", kind, message)``;
+kinds: ``invalid`` and ``limit`` (refused by a check), ``unsupported`` (the backend cannot run it),
+``memory`` (an allocation failed at the limit: the child is replaced), ``failed``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,8 @@ class WorkerConfig:
     memory_bytes: int
     policy: TimingPolicy
     device_index: int = 0
+    reference: bool | None = None  # drift-compensated timing (None: the backend kind's default)
+    reference_ms: float | None = None  # what the reference counts as, once pinned to the store's
 
 
 def _rss_bytes(pid: int) -> int:
@@ -123,6 +125,12 @@ class Worker:
         return proc.pid if proc is not None else None
 
     # calls ----------------------------------------------------------------------------------
+
+    def pin_reference(self, ms: float, deadline_s: float) -> dict[str, Any]:
+        """Count the timing reference as ``ms`` from now on, restarts included; the device description after."""
+        self.config = replace(self.config, reference_ms=ms)
+        self.device = self._call(("pin", ms), deadline_s)[0]
+        return self.device
 
     def layer(self, shape_key: str, cin: int, cout: int, deadline_s: float) -> LatencyStats:
         return self._call(("layer", shape_key, cin, cout), deadline_s)[0]
@@ -229,7 +237,11 @@ def _serve(conn: Connection) -> None:
     from profiler_service.backends import create_backend
 
     try:
-        backend = create_backend(config.backend, config.threads, Path(config.cache_dir), config.device_index)
+        backend = create_backend(
+            config.backend, config.threads, Path(config.cache_dir), config.device_index, config.reference
+        )
+        if config.reference_ms is not None:
+            backend.pin_reference(config.reference_ms)
         device = backend.device_json()  # the precision probe runs here, before any limit
     except BackendUnavailable as e:
         conn.send(("unavailable", str(e)))
@@ -253,6 +265,9 @@ def _serve(conn: Connection) -> None:
             if request[0] == "layer":
                 _, key, cin, cout = request
                 reply = ("ok", backend.time_layer(parse_shape(key), cin, cout, config.policy), None)
+            elif request[0] == "pin":
+                backend.pin_reference(request[1])
+                reply = ("ok", backend.device_json(), None)
             else:
                 _, path, declared = request
                 data = Path(path).read_bytes()

@@ -52,6 +52,8 @@ class TargetReport:
     latency_outside_tables: float
     points_measured: int
     points_cached: int
+    # the service's timing: "reference" (every time relative to a reference layer: drift-compensated) or "absolute"
+    timing: str = "absolute"
     # quality in percent, per task: top-1 (classification) or COCO mAP@0.5 and mAP@[.5:.95] (detection)
     accuracy_before: float | None = None
     accuracy_after: float | None = None
@@ -98,6 +100,7 @@ def target_reports(
             latency_outside_tables=1 - t.latency.table_times(t.latency.graph.sizes).sum() / b.median_ms,
             points_measured=t.profiler.measured_points,
             points_cached=t.profiler.cached_points,
+            timing=t.profiler.device.timing,
             **metrics,
         )
         for t, (b, a), goal in zip(targets, final, target_ms, strict=True)
@@ -222,9 +225,13 @@ ROWS = [
     ("mAP@[.5:.95] after (%)", lambda t: _percent(t, "map_after")),
     ("latency model", _latency_model),
     ("outside the layer tables", lambda t: f"{100 * t.get('latency_outside_tables', 0.0):+.0f} %"),
-    ("device", lambda t: f"{t['backend']} on {t['accelerator']} ({t['fingerprint']})"),
+    ("device", lambda t: f"{t['backend']} on {t['accelerator']} ({t['fingerprint']}{_timing(t)})"),
     ("table points measured / cached", lambda t: f"{t['points_measured']} / {t['points_cached']}"),
 ]  # fmt: skip
+
+
+def _timing(t: dict) -> str:
+    return ", timed against a reference layer" if t.get("timing") == "reference" else ""
 
 
 def _percent(t: dict, key: str) -> str | None:

@@ -65,6 +65,26 @@ def test_threads_are_part_of_the_fingerprint():
     assert one == create_backend("onnxruntime", threads=1).describe().fingerprint
 
 
+def test_cpu_backends_time_against_a_reference_by_default_and_it_is_in_the_fingerprint():
+    backend = create_backend("onnxruntime", threads=1)
+    plain = create_backend("onnxruntime", threads=1, reference=False)
+    assert backend.reference and not plain.reference
+    assert backend.description().fingerprint != plain.description().fingerprint  # tables of both never mix
+    device = backend.device_json()
+    assert device["timing"] == "reference" and 0 < device["reference_ms"] < 100
+    assert plain.device_json()["timing"] == "absolute" and "reference_ms" not in plain.device_json()
+
+    shape = parse_shape("conv2d-k3x3-s1x1-p1x1-d1x1-g1-h28w28-b1-fp32")
+    ratio = backend.time_layer(shape, 64, 64, QUICK).median_ms / backend.reference_ms
+    assert 1.5 < ratio < 8  # 4x the reference's multiply-adds (64 vs 32 channels each side)
+    measured_reference = backend.reference_ms
+    backend.pin_reference(2 * measured_reference)  # a service keeps its store's value: times scale with it
+    assert backend.reference_ms == 2 * measured_reference
+    assert 0.75 < backend.time_layer(shape, 64, 64, QUICK).median_ms / (2 * measured_reference) / ratio < 1.33
+    with pytest.raises(ValueError, match="positive"):
+        backend.pin_reference(0.0)
+
+
 def test_auto_picks_a_working_backend_and_unknown_names_fail_clearly():
     assert create_backend("auto", threads=1).name in ("tensorrt", "torch-cuda", "onnxruntime")
     with pytest.raises(BackendUnavailable, match="unknown backend"):

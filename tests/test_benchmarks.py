@@ -101,8 +101,11 @@ def check_channel_tile(body: dict) -> None:
 
 def check_latency_model(body: dict) -> None:
     for model in body["models"]:
-        assert model["calibration"]["a"] > 0 and model["configs"], model["model"]
-        assert all(c["measured_ms"] > 0 and c["predicted_ms"] > 0 for c in model["configs"])
+        for label in body["devices"]:  # with --target: the one service, under "target"
+            run = model[label]
+            assert run["calibration"]["a"] > 0 and run["configs"], (model["model"], label)
+            assert all(c["measured_ms"] > 0 and c["predicted_ms"] > 0 for c in run["configs"])
+            assert run["timing"] == body["devices"][label]["timing"]
 
 
 def check_budget(body: dict) -> None:

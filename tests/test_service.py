@@ -10,6 +10,8 @@ import httpx
 
 from profiler_service.backends.onnx_layer import layer_onnx
 from profiler_service.shapes import parse_shape
+from profiler_service.timing import TimingPolicy
+from profiler_service.worker import Worker, WorkerConfig
 from tests.conftest import CONV, wait_job
 
 GRID = {"cin": [16, 32], "cout": [8, 16, 24]}
@@ -44,11 +46,31 @@ def test_table_survives_restart(make_service):
     with httpx.Client(base_url=svc.url) as c:
         wait_job(c, c.post(f"/lut/{CONV}", json=GRID).headers["location"])
         before = c.get(f"/lut/{CONV}").json()
+        device = c.get("/device").json()
+    assert device["timing"] == "reference" and device["reference_ms"] > 0  # CPU default: drift-compensated
     svc.stop()
     svc.start()
     with httpx.Client(base_url=svc.url) as c:
         assert c.get(f"/lut/{CONV}").json() == before
         assert c.post(f"/lut/{CONV}", json=GRID).status_code == 200
+        # the new worker measured its own reference, but counts it as the store's first: old and new
+        # points share one scale
+        assert c.get("/device").json() == device
+
+
+def test_a_worker_restart_keeps_the_pinned_reference(tmp_path):
+    config = WorkerConfig("onnxruntime", 1, str(tmp_path), 2**30, TimingPolicy(warmup_ms=5, max_ms=100))
+    worker = Worker(config)
+    try:
+        measured = worker.start()["reference_ms"]
+        assert worker.pin_reference(3 * measured, 60)["reference_ms"] == 3 * measured
+        ratio = worker.layer(CONV, 16, 16, 60).median_ms
+        worker.kill()  # as after a hostile upload
+        again = worker.layer(CONV, 16, 16, 60).median_ms  # a fresh child, started with the pinned value
+        assert worker.restarts == 1 and worker.device["reference_ms"] == 3 * measured
+        assert 0.6 < again / ratio < 1.6  # same scale (on a fresh child's own reference it would be ~3x off)
+    finally:
+        worker.close()
 
 
 def test_unfinished_job_resumes_after_crash(make_service):

@@ -45,3 +45,36 @@ def test_sample_cap_bounds_an_unstable_measurement():
     net = FakeNetwork(1.0, jitter=1.0, seed=2)
     stats = measure(net.run_batch, TimingPolicy(warmup_ms=0, rel_tol=1e-9, max_samples=60))
     assert stats.runs == 60
+
+
+class DriftingHost:
+    """A shared machine whose speed moves between runs: every network it runs slows by the same factor."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.speed = 1.0
+        self.log: list[str] = []
+
+    def network(self, name: str, per_run_ms: float):
+        def run_batch(k: int) -> float:
+            self.log.append(name)
+            self.speed = float(np.clip(self.speed * np.exp(0.02 * self.rng.standard_normal()), 0.5, 2.0))
+            return per_run_ms * self.speed
+
+        return run_batch
+
+
+def test_a_reference_between_samples_cancels_the_hosts_drift():
+    policy = TimingPolicy(warmup_ms=0, rel_tol=1e-9, max_samples=200)
+    host = DriftingHost(seed=3)
+    absolute = [measure(host.network("net", 2.0), policy).median_ms for _ in range(5)]
+    assert max(absolute) / min(absolute) > 1.1  # the drift shows in plain timings
+
+    relative = [measure(host.network("net", 2.0), policy, reference=host.network("ref", 0.5)) for _ in range(5)]
+    assert all(abs(s.median_ms - 4.0) < 0.04 for s in relative)  # 2.0 ms per 0.5 ms reference run
+    assert abs(relative[0].scaled(0.5).median_ms - 2.0) < 0.02
+    host.log.clear()
+    measure(host.network("net", 2.0), policy, reference=host.network("ref", 0.5))
+    warm = ["net"] * 3 + ["ref"] * 4  # both warmed up, then the first reference run
+    timed = host.log[len(warm) :]
+    assert host.log[: len(warm)] == warm and timed == ["net", "ref"] * (len(timed) // 2)  # a reference each side

@@ -59,6 +59,8 @@ def test_prune_writes_a_model_that_meets_the_budget_and_a_report(pruned_run):
         target["latency_model"] in {"line", "per-kind", "anchored"}
         and "latency model" in (out / "report.md").read_text()
     )
+    # a CPU service times against its reference layer, and the report says so
+    assert target["timing"] == "reference" and "timed against a reference layer" in (out / "report.md").read_text()
     assert len(report["history"]) >= 2 and {h["solver"] for h in report["history"]} <= {"separable", "joint"}
     for name in ("model.onnx", "model.pt", "report.md", "latency_steps.png", "channels.png", "staircase.png"):
         assert (out / name).stat().st_size > 0, name

@@ -10,17 +10,30 @@ BACKEND_NAMES = ("tensorrt", "torch-cuda", "onnxruntime", "torch-cpu")  # auto t
 
 
 def create_backend(
-    name: str, threads: int | None = None, cache_dir: Path = Path("."), device_index: int = 0
+    name: str,
+    threads: int | None = None,
+    cache_dir: Path = Path("."),
+    device_index: int = 0,
+    reference: bool | None = None,
 ) -> Backend:
-    """Build the named backend, or with ``auto`` the first that works here; GPU backends use ``device_index``."""
+    """Build the named backend, or with ``auto`` the first that works here; GPU backends use ``device_index``.
+
+    ``reference``: time relative to a reference layer (drift-compensated); default: on CPU backends only.
+    """
     if name == "auto":
         reasons = []
         for candidate in BACKEND_NAMES:
             try:
-                return create_backend(candidate, threads, cache_dir, device_index)
+                return create_backend(candidate, threads, cache_dir, device_index, reference)
             except BackendUnavailable as e:
                 reasons.append(f"{candidate}: {e}")
         raise BackendUnavailable("no backend works here: " + "; ".join(reasons))
+    backend = _create(name, threads, cache_dir, device_index)
+    backend.reference = not backend.gpu if reference is None else reference
+    return backend
+
+
+def _create(name: str, threads: int | None, cache_dir: Path, device_index: int) -> Backend:
     if name == "onnxruntime":
         from profiler_service.backends.onnxruntime import OnnxRuntimeBackend
 

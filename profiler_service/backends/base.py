@@ -7,7 +7,7 @@ import json
 import os
 import platform
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ class DeviceDescription:
     threads: int | None = None
     channel_block: int = 8  # the channel tile its kernels work in: counts off it pay padding
     extra: dict[str, str] = field(default_factory=dict)
+    timing: str = "absolute"  # or "reference": every time measured relative to REFERENCE (see timing.py)
 
     @property
     def fingerprint(self) -> str:
@@ -51,6 +52,7 @@ class DeviceDescription:
             "backend_version": self.backend_version,
             "threads": self.threads,
             **{k: v for k, v in self.extra.items() if k in FINGERPRINT_EXTRA_KEYS},
+            **({"timing": self.timing} if self.timing != "absolute" else {}),  # tables of both never mix
         }
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -58,6 +60,10 @@ class DeviceDescription:
 FINGERPRINT_EXTRA_KEYS = frozenset({"driver", "cuda", "cudnn", "providers", "compute_capability"})
 
 _PROBE_SHAPES = {dtype: parse_shape(f"conv2d-k3x3-s1x1-p1x1-d1x1-g1-h8w8-b1-{dtype}") for dtype in DTYPES}
+# The reference of drift-compensated timing: a small dense conv (0.1-0.2 ms on one CPU core), cheap
+# enough to run between every two samples, compute-bound like the layers it stands beside.
+REFERENCE = (parse_shape("conv2d-k3x3-s1x1-p1x1-d1x1-g1-h28w28-b1-fp32"), 32, 32)
+REFERENCE_POLICY = TimingPolicy(warmup_ms=100.0, rel_tol=0.002, max_ms=1000.0)
 
 
 def cpu_name() -> str:
@@ -95,6 +101,11 @@ def host_memory_bytes() -> int:
 class Backend(ABC):
     name: str
     gpu: bool = False  # decides the worker's memory guard and the default cost cap
+    # Time relative to REFERENCE (timing.py says why). ``create_backend`` turns it on for CPU backends,
+    # whose hosts are shared; a dedicated GPU's clocks are pinned by its timing.
+    reference: bool = False
+    _reference_runner: Runner | None = None
+    _reference_ms: float | None = None
 
     @abstractmethod
     def describe(self) -> DeviceDescription: ...
@@ -107,14 +118,48 @@ class Backend(ABC):
     def build_model(self, onnx_bytes: bytes, input_shapes: dict[str, list[int]] | None) -> Runner:
         """A whole uploaded ONNX model, for end-to-end validation."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release device resources."""
+    def close(self) -> None:
+        """Release device resources (subclasses release theirs, then call this)."""
+        if self._reference_runner is not None:
+            self._reference_runner.close()
+            self._reference_runner = None
+
+    def description(self) -> DeviceDescription:
+        """``describe()`` with the timing mode, which the fingerprint includes."""
+        return replace(self.describe(), timing="reference") if self.reference else self.describe()
+
+    @property
+    def reference_ms(self) -> float | None:
+        """What one run of REFERENCE counts as: measured at first use unless pinned (``pin_reference``)."""
+        if not self.reference:
+            return None
+        if self._reference_ms is None:
+            self._reference_ms = measure(self._reference().run_batch, REFERENCE_POLICY).median_ms
+        return self._reference_ms
+
+    def pin_reference(self, ms: float) -> None:
+        """Count REFERENCE as ``ms``: a service keeps the value its store's first tables were timed at."""
+        if not ms > 0:
+            raise ValueError(f"the reference time must be positive, not {ms}")
+        self._reference_ms = ms
+
+    def _reference(self) -> Runner:
+        if self._reference_runner is None:
+            self._reference_runner = self.build_layer(*REFERENCE)
+        return self._reference_runner
+
+    def _time(self, runner: Runner, policy: TimingPolicy) -> LatencyStats:
+        if not self.reference:
+            return measure(runner.run_batch, policy)
+        scale = self.reference_ms
+        assert scale is not None
+        return measure(runner.run_batch, policy, reference=self._reference().run_batch).scaled(scale)
 
     def time_layer(self, shape: LayerShape, cin: int, cout: int, policy: TimingPolicy) -> LatencyStats:
         """One table point, built, timed and released."""
         runner = self.build_layer(shape, cin, cout)
         try:
-            return measure(runner.run_batch, policy)
+            return self._time(runner, policy)
         finally:
             runner.close()
 
@@ -124,7 +169,7 @@ class Backend(ABC):
         """End-to-end latency of a whole model."""
         runner = self.build_model(onnx_bytes, input_shapes)
         try:
-            return measure(runner.run_batch, policy)
+            return self._time(runner, policy)
         finally:
             runner.close()
 
@@ -147,7 +192,7 @@ class Backend(ABC):
         return tuple(d for d, why in self.precision_probe.items() if why is None)
 
     def device_json(self) -> dict[str, Any]:
-        d = self.describe()
+        d = self.description()
         return {
             "fingerprint": d.fingerprint,
             "backend": d.backend,
@@ -159,5 +204,7 @@ class Backend(ABC):
             "precisions": list(self.precisions),
             "precisions_refused": {d: why for d, why in self.precision_probe.items() if why is not None},
             "host": platform.node(),
+            "timing": d.timing,
+            **({"reference_ms": self.reference_ms} if self.reference else {}),
             **d.extra,
         }
