@@ -1,4 +1,5 @@
-"""Local cache of fetched tables, keyed by device fingerprint (tables never cross devices)."""
+"""Local cache of fetched tables, keyed by device fingerprint (tables never cross devices) and, for a
+reference-timed service, its store's scale (``RemoteTarget.cache_key``)."""
 
 from __future__ import annotations
 

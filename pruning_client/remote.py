@@ -238,6 +238,11 @@ class RemoteTarget:
         self.progress = progress
         self.device = client.device()
         self.fingerprint = self.device.fingerprint
+        # Reference-timed tables are ms at the reference time their store was created with: two stores of
+        # one fingerprint (a service restarted without its volume) can differ by the host's speed at
+        # their creation, so cached points are kept per store scale and never mix.
+        ref = self.device.reference_ms
+        self.cache_key = self.fingerprint if ref is None else f"{self.fingerprint}-ref{ref:.6e}"
         self.measured_points = 0
         self.cached_points = 0
         self._host = host_lock(self.url)
@@ -253,7 +258,7 @@ class RemoteTarget:
         out: dict[str, dict[tuple[int, int], float]] = {}
         missing: dict[str, list[tuple[int, int]]] = {}
         for key, points in needed.items():
-            cached = self.cache.load(self.fingerprint, key) if self.cache else {}
+            cached = self.cache.load(self.cache_key, key) if self.cache else {}
             out[key] = {p: cached[p] for p in points if p in cached}
             self.cached_points += len(out[key])
             lack = sorted(set(points) - out[key].keys())
@@ -285,7 +290,7 @@ class RemoteTarget:
             out[key].update(selected)
             self.measured_points += len(selected)
             if self.cache:
-                self.cache.store(self.fingerprint, key, selected)
+                self.cache.store(self.cache_key, key, selected)
 
     def measure(self, onnx_bytes: bytes, input_shape: str | None = None) -> MeasureResult:
         with self._host:

@@ -138,6 +138,8 @@ def check_detection(body: dict) -> None:
 
 def check_profiling_cost(body: dict) -> None:
     assert body["points_measured"] > 0 and body["recheck_points"] > 0 and body["seconds"] > 0
+    assert all(ms > 0 for ms in body["reference_ms"])  # a CPU service times against its reference
+    assert body["recheck_in_reference_units"]["max_abs_error"] >= body["recheck_in_reference_units"]["median_abs_error"]
 
 
 @pytest.mark.slow

@@ -103,7 +103,8 @@ def test_tables_are_cached_per_fingerprint_and_only_missing_points_measured(serv
         first = RemoteTarget(client, TableCache(tmp_path / "cache"))
         got = first.fetch(needed)
         assert set(got[CONV]) == needed[CONV] and first.measured_points == 3
-        assert list((tmp_path / "cache" / first.fingerprint).glob("*.json"))
+        assert list((tmp_path / "cache" / first.cache_key).glob("*.json"))
+        assert first.cache_key.startswith(first.fingerprint + "-ref")  # a CPU service: its store's scale too
 
         again = RemoteTarget(client, TableCache(tmp_path / "cache"))
         assert again.fetch(needed) == got and again.cached_points == 3 and again.measured_points == 0
@@ -112,6 +113,18 @@ def test_tables_are_cached_per_fingerprint_and_only_missing_points_measured(serv
         more = {CONV: needed[CONV] | {(32, 16)}}
         fresh_cache.fetch(more)  # three stored on the service, one new
     assert metric(service.url, "halp_points_measured_total") == 4
+
+
+def test_two_stores_of_one_fingerprint_never_share_cached_points(make_service, tmp_path):
+    """A service restarted without its store measures a new reference time: its ms are on another scale."""
+    needed = {CONV: {(16, 8)}}
+    first_svc, second_svc = make_service("a.db"), make_service("b.db")
+    with ProfilerClient(first_svc.url) as a, ProfilerClient(second_svc.url) as b:
+        first, second = RemoteTarget(a, TableCache(tmp_path / "cache")), RemoteTarget(b, TableCache(tmp_path / "cache"))
+        assert first.fingerprint == second.fingerprint and first.cache_key != second.cache_key
+        first.fetch(needed)
+        second.fetch(needed)
+    assert second.measured_points == 1 and second.cached_points == 0
 
 
 def test_a_changed_device_is_refused_by_name(tmp_path):
