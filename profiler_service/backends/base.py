@@ -63,11 +63,11 @@ _PROBE_SHAPES = {dtype: parse_shape(f"conv2d-k3x3-s1x1-p1x1-d1x1-g1-h8w8-b1-{dty
 # The reference of drift-compensated timing: a small dense conv (0.1-0.2 ms on one CPU core), cheap
 # enough to run between every two samples, compute-bound like the layers it stands beside.
 REFERENCE = (parse_shape("conv2d-k3x3-s1x1-p1x1-d1x1-g1-h28w28-b1-fp32"), 32, 32)
-# What REFERENCE counts as: the p10 of 0.3 s of its runs, the host's speed when neighbours leave it
+# What REFERENCE counts as: the p10 of 0.1 s of its runs, the host's speed when neighbours leave it
 # alone, less moved by the moment's load than a median. Still a moment's: two stores created minutes
-# apart on the project's VM counted it as 0.133 and 0.107 ms (benchmarks/profiling_cost.py), so
+# apart on the project's VM counted it as 0.133 and 0.107 ms (profiling_cost.py, over 0.3 s then), so
 # clients cache reference-timed tables per store scale (RemoteTarget.cache_key).
-REFERENCE_POLICY = TimingPolicy(warmup_ms=50.0, rel_tol=1e-9, max_samples=2000, max_ms=300.0)
+REFERENCE_POLICY = TimingPolicy(warmup_ms=20.0, rel_tol=1e-9, max_samples=1000, max_ms=100.0)
 
 
 def cpu_name() -> str:
