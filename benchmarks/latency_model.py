@@ -79,7 +79,7 @@ def check_timing(name: str, model, x, graph, keeps: list[np.ndarray], target: Re
     latency = LatencyModel(graph, LatencyTables.of(target))
     shape = "x".join(map(str, x.shape))
     unpruned = export_onnx(model, x)
-    reference: list[float] = []  # every timing of the unpruned model in this run
+    unpruned_ms: list[float] = []  # every timing of the unpruned model in this run
 
     def measured(keep) -> float:
         """One /measure, as `halp prune` checks a step."""
@@ -114,7 +114,7 @@ def check_timing(name: str, model, x, graph, keeps: list[np.ndarray], target: Re
     rows = []
     for i, keep in enumerate(keeps):
         m, parts = measured(keep), latency.by_kind(keep, kinds)
-        reference.append(measured(None))  # the host's own spread, as this service reports it
+        unpruned_ms.append(measured(None))  # the host's own spread, as this service reports it
         row = {"keep": keep.tolist(), "measured_ms": m, "by_kind_ms": parts.tolist()}
         for label, cal in models.items():
             if cal is not None:
@@ -154,7 +154,7 @@ def check_timing(name: str, model, x, graph, keeps: list[np.ndarray], target: Re
         "configs": rows,
         # the unpruned model measured after each configuration (p10, median, p90): the host's spread
         # as this service's timing reports it
-        "unpruned_ms_spread": np.percentile(reference, [10, 50, 90]).tolist(),
+        "unpruned_ms_spread": np.percentile(unpruned_ms, [10, 50, 90]).tolist(),
         "median_abs_error": float(np.median(chosen_errors)),
         "worst_abs_error": float(chosen_errors.max()),
         "seconds": time.perf_counter() - start,
