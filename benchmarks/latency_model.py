@@ -128,18 +128,14 @@ def check_timing(name: str, model, x, graph, keeps: list[np.ndarray], target: Re
         side = ", ".join(f"{k} {row[f'{k}_error']:+.3f}" for k in models if f"{k}_error" in row)
         print(f"  {name} {i + 1}/{len(keeps)}: measured {m:.3f} ms; errors {side}; chosen {row['error']:+.3f}")
 
-    def summary(label: str, cal: Calibration) -> dict:
-        errors = (
-            np.abs([r[f"{label}_error"] for r in rows])
-            if f"{label}_error" in rows[0]
-            else np.abs([r["error"] for r in rows])
-        )
+    def summary(error_key: str, cal: Calibration) -> dict:
+        errors = np.abs([r[error_key] for r in rows])
         return {
             "kind": cal.kind, "a": cal.a, "b": cal.b, "slopes": cal.slopes, "residuals": cal.residuals,
             "median_abs_error": float(np.median(errors)), "worst_abs_error": float(errors.max()),
         }  # fmt: skip
 
-    chosen_errors = np.abs([r["error"] for r in rows])
+    chosen_fit = summary("error", chosen)
     return {
         "timing": target.device.timing,
         "reference_ms": target.device.reference_ms,
@@ -149,14 +145,14 @@ def check_timing(name: str, model, x, graph, keeps: list[np.ndarray], target: Re
             {"keep": k.tolist(), "by_kind_ms": b.tolist(), "measured_ms": float(y)}
             for (k, _), b, y in zip(samples, by_kind, ms, strict=True)
         ],  # fmt: skip
-        "calibration": {**summary("chosen", chosen), "samples": len(samples)},
-        "models": {label: summary(label, cal) for label, cal in models.items() if cal is not None},
+        "calibration": {**chosen_fit, "samples": len(samples)},
+        "models": {label: summary(f"{label}_error", cal) for label, cal in models.items() if cal is not None},
         "configs": rows,
         # the unpruned model measured after each configuration (p10, median, p90): the host's spread
         # as this service's timing reports it
         "unpruned_ms_spread": np.percentile(unpruned_ms, [10, 50, 90]).tolist(),
-        "median_abs_error": float(np.median(chosen_errors)),
-        "worst_abs_error": float(chosen_errors.max()),
+        "median_abs_error": chosen_fit["median_abs_error"],
+        "worst_abs_error": chosen_fit["worst_abs_error"],
         "seconds": time.perf_counter() - start,
     }
 
