@@ -6,17 +6,21 @@ two groups' block counts make (the full grid the joint problem needs; kept under
 ``~/.cache/halp/tables/bench-joint`` so a rerun measures nothing). Per seed, channel saliencies are drawn
 (lognormal, one per channel: a trained network's are not available here), and per budget (30, 50
 and 70 % of the way from the cheapest choice, one block per group, to the unpruned network's table
-sum: on a CPU each layer's fixed overhead puts the cheapest choice at about half the sum) four
+sum: on a CPU each layer's fixed overhead puts the cheapest choice at about half the sum) five
 choices are compared on the true table sum:
 
-  * separable:  ``HALPPruner`` with ``joint_window=None`` (the separable knapsack, tightened until
-                the true 2-D latency fits; the pruner before the joint solver);
-  * production: ``HALPPruner`` as it runs now (the joint optimum within two options of that choice);
+  * separable:  ``HALPPruner(joint="off")`` (the separable knapsack, tightened until the true 2-D
+                latency fits; the pruner before the joint solver);
+  * full:       ``HALPPruner`` as it runs by default (``joint="full"``: the joint optimum over every
+                option when it beats the separable choice), with the table points it asked for;
+  * near:       ``HALPPruner(joint="near")`` (the joint optimum in a window around the separable
+                choice, widened where the optimum reaches its edge), with the table points it asked for;
   * joint:      ``solve_joint`` over every option (0.1 % tolerance), timed;
   * HiGHS:      the linearised pairwise MILP (``solve_joint_milp``, gap 1e-4), timed: the reference.
 
-Reported: the saliency the separable and production choices lose against HiGHS's (median, worst),
-the joint solver's value against HiGHS's, and both solvers' times side by side.
+Reported: the saliency each choice loses against the best of the joint solver's and HiGHS's (median,
+worst), the table points the pruner's modes need (each from empty tables), and both solvers' times
+side by side.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 from common import parse_args, write
 
+from profiler_service.backends import create_backend
 from profiler_service.local_target import LocalTarget
 from profiler_service.timing import TimingPolicy
 from pruning_client.cache import default_cache_dir
@@ -60,16 +65,28 @@ def cached_tables(name: str, target: LocalTarget) -> LatencyTables:
     return LatencyTables(points={k: dict(v) for k, v in points.items()}, fetch=fetch, fingerprint=target.fingerprint)
 
 
-def pruner(model, graph, latency, example, ratio, window) -> HALPPruner:
-    return HALPPruner(model, example, latency, ratio, steps=1, interval=1, block_size=None, joint_window=window)
+def pruner(model, graph, latency, example, ratio, joint) -> HALPPruner:
+    return HALPPruner(model, example, latency, ratio, steps=1, interval=1, block_size=None, joint=joint)
 
 
-def pruner_choice(model, graph, latency, example, saliency, ratio, window) -> tuple[np.ndarray, str]:
+def pruner_choice(model, graph, latency, example, saliency, ratio, joint) -> tuple[np.ndarray, str]:
     """The step a fresh pruner takes (its masks' hooks removed after)."""
-    p = pruner(model, graph, latency, example, ratio, window)
+    p = pruner(model, graph, latency, example, ratio, joint)
     record = p.prune_now(saliency)
     p.remove_masks()
     return p.keep_counts(), record.solver
+
+
+def counting(tables: LatencyTables) -> tuple[LatencyTables, list[int]]:
+    """Empty tables that read what they are asked for from ``tables``, and the counts asked."""
+    asked: list[int] = []
+
+    def fetch(need):
+        asked.append(sum(len(v) for v in need.values()))
+        tables.require(need)
+        return {k: {p: tables.points[k][p] for p in v} for k, v in need.items()}
+
+    return LatencyTables(fetch=fetch, fingerprint=tables.fingerprint), asked
 
 
 def as_options(counts: list[np.ndarray], keep: np.ndarray) -> np.ndarray:
@@ -88,7 +105,7 @@ def one_model(name: str, size: int, seeds: int, target: LocalTarget) -> dict:
         rng = np.random.default_rng(seed)
         saliency = [rng.lognormal(0, 1, g.size) for g in graph.groups]
         # the options and their values exactly as the pruner's first step sees them
-        _, counts, values, lo = pruner(model, graph, latency, example, 0.5, None)._choices(saliency)
+        _, counts, values, lo = pruner(model, graph, latency, example, 0.5, "off")._choices(saliency)
         counts = [np.maximum(c, c[m]) for c, m in zip(counts, lo, strict=True)]
         if seed == 0:
             start = time.perf_counter()
@@ -107,9 +124,14 @@ def one_model(name: str, size: int, seeds: int, target: LocalTarget) -> dict:
             budget = floor + between * (full - floor)
             ratio = budget / full
 
-            separable = as_options(counts, pruner_choice(model, graph, latency, example, saliency, ratio, None)[0])
-            kept, solver = pruner_choice(model, graph, latency, example, saliency, ratio, 2)
-            production = as_options(counts, kept)
+            separable = as_options(counts, pruner_choice(model, graph, latency, example, saliency, ratio, "off")[0])
+            pruned, solver, asked = {}, {}, {}
+            for mode in ("full", "near"):  # each from empty tables, to count the points it needs
+                fresh, fetched = counting(latency.tables)
+                kept, solver[mode] = pruner_choice(
+                    model, graph, LatencyModel(graph, fresh), example, saliency, ratio, mode
+                )  # fmt: skip
+                pruned[mode], asked[mode] = as_options(counts, kept), sum(fetched)
             t = time.perf_counter()
             joint = solve_joint(problem, budget, incumbent=separable, min_option=lo)
             joint_s = time.perf_counter() - t
@@ -122,36 +144,43 @@ def one_model(name: str, size: int, seeds: int, target: LocalTarget) -> dict:
             row = {
                 "seed": seed, "between": between, "ratio": ratio, "budget": budget,
                 "separable_loss": 1 - problem.value(separable) / best,
-                "production_loss": 1 - problem.value(production) / best,
-                "production_solver": solver,
+                **{f"{m}_loss": 1 - problem.value(pruned[m]) / best for m in pruned},
+                **{f"{m}_solver": solver[m] for m in solver}, **{f"{m}_points": asked[m] for m in asked},
                 "joint_loss": 1 - problem.value(joint) / best,
                 "highs_loss": 1 - problem.value(highs) / best,
                 "joint_s": joint_s, "highs_s": highs_s,
                 "within_budget": {k: problem.cost(c) <= budget * (1 + 1e-9) for k, c in (
-                    ("separable", separable), ("production", production), ("joint", joint),
+                    ("separable", separable), ("full", pruned["full"]), ("near", pruned["near"]), ("joint", joint),
                 )} | {"highs": bool(highs_fits)},
             }  # fmt: skip
             rows.append(row)
-            print(f"  seed {seed} ratio {ratio:.3f}: separable -{100 * row['separable_loss']:.3f} %, production "
-                  f"-{100 * row['production_loss']:.3f} % ({solver}), joint -{100 * row['joint_loss']:.4f} % in "
-                  f"{joint_s:.3f} s, HiGHS -{100 * row['highs_loss']:.4f} % in {highs_s:.2f} s")  # fmt: skip
-    losses = {k: [r[f"{k}_loss"] for r in rows] for k in ("separable", "production", "joint", "highs")}
+            modes = ", ".join(
+                f"{m} -{100 * row[f'{m}_loss']:.3f} % ({solver[m]}, {asked[m]} points)" for m in pruned
+            )  # fmt: skip
+            print(f"  seed {seed} ratio {ratio:.3f}: separable -{100 * row['separable_loss']:.3f} %, {modes}, joint "
+                  f"-{100 * row['joint_loss']:.4f} % in {joint_s:.3f} s, HiGHS -{100 * row['highs_loss']:.4f} % in "
+                  f"{highs_s:.2f} s")  # fmt: skip
+    losses = {k: [r[f"{k}_loss"] for r in rows] for k in ("separable", "full", "near", "joint", "highs")}
     summary = {
         "model": name, "input": size, "groups": len(graph.groups), "instances": len(rows), "table_points": points,
         **{f"{k}_loss_median": float(np.median(v)) for k, v in losses.items()},
         **{f"{k}_loss_worst": float(np.max(v)) for k, v in losses.items()},
+        **{f"{m}_points_median": int(np.median([r[f"{m}_points"] for r in rows])) for m in ("full", "near")},
+        **{f"{m}_points_worst": int(np.max([r[f"{m}_points"] for r in rows])) for m in ("full", "near")},
         "joint_s_median": float(np.median([r["joint_s"] for r in rows])),
         "joint_s_worst": float(np.max([r["joint_s"] for r in rows])),
         "highs_s_median": float(np.median([r["highs_s"] for r in rows])),
         "speedup_median": float(np.median([r["highs_s"] / r["joint_s"] for r in rows])),
-        "all_within_budget": all(r["within_budget"][k] for r in rows for k in ("separable", "production", "joint")),
+        "all_within_budget": all(r["within_budget"][k] for r in rows for k in ("separable", "full", "near", "joint")),
     }  # fmt: skip
     print({k: round(v, 5) if isinstance(v, float) else v for k, v in summary.items()})
     return {"summary": summary, "instances": rows}
 
 
 def cpu_target() -> LocalTarget:
-    return LocalTarget("onnxruntime", threads=1, policy=TimingPolicy(warmup_ms=5, max_ms=100, rel_tol=0.05))
+    """Plain timing: the instances are about the solvers, and the tables measured so far are kept."""
+    backend = create_backend("onnxruntime", threads=1, reference=False)
+    return LocalTarget(backend, policy=TimingPolicy(warmup_ms=5, max_ms=100, rel_tol=0.05))
 
 
 def main() -> None:

@@ -154,8 +154,9 @@ def joint_section() -> dict:
     from joint import PLAN, cpu_target, one_model
 
     target = cpu_target()
-    keys = ("separable_loss_median", "separable_loss_worst", "joint_loss_worst", "joint_s_median", "joint_s_worst",
-            "highs_s_median", "speedup_median", "all_within_budget")  # fmt: skip
+    keys = ("separable_loss_median", "separable_loss_worst", "full_loss_median", "full_loss_worst",
+            "near_loss_median", "near_loss_worst", "full_points_median", "near_points_median", "joint_loss_worst",
+            "joint_s_median", "joint_s_worst", "highs_s_median", "speedup_median", "all_within_budget")  # fmt: skip
     out = {}
     for name, size in PLAN:
         summary = one_model(name, size, 3, target)["summary"]

@@ -185,7 +185,7 @@ class PruneRun(Run):
         interval = self.interval(data.train.sampler.batches_per_epoch)  # type: ignore[attr-defined]
         pruner = HALPPruner(
             self.task.network(model), example, models, self.s.latency_ratio, self.s.steps, interval,
-            self.block_sizes(graph), on_step=after_step, ctx=ctx,
+            self.block_sizes(graph), on_step=after_step, ctx=ctx, joint=self.s.joint,
         )  # fmt: skip
         for t, goal, full in zip(targets, pruner.target_ms, pruner.full_ms, strict=False):  # rank 0 has targets
             self.ui.stage(

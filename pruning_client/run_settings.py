@@ -25,6 +25,7 @@ class RunSettings:
     prune_epochs: float = 1.0  # training over which the pruning steps are spread
     lr: float = 0.02
     block_size: int | None = None  # None: per-group automatic (multiples of 8, <= 16 choices)
+    joint: str = "full"  # the joint (cin, cout) solver: full, near or off (``pruner.JOINT_MODES``)
     per_target: bool = False
     out: Path = Path("halp-out")
     token: str | None = None

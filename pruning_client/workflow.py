@@ -223,7 +223,7 @@ class Run:
             # the same rehearsal, and a second profile of the same settings measures nothing new.
             rehearsal = HALPPruner(
                 model, example, [t.latency for t in targets], self.s.latency_ratio, self.s.steps, 1,
-                self.block_sizes(graph),
+                self.block_sizes(graph), joint=self.s.joint,
             )  # fmt: skip
             importance = magnitude_saliency(graph)
             for i in range(self.s.steps):

@@ -88,8 +88,10 @@ def check_joint(body: dict) -> None:
         summary = model["summary"]
         assert summary["all_within_budget"], name  # every choice under the true (cin, cout) latency
         assert summary["joint_loss_worst"] <= 1e-3 + 1e-9, name  # the joint solver within its 0.1 %
+        assert summary["full_loss_worst"] <= 1e-3 + 1e-9, name  # so is the pruner by default
         for row in model["instances"]:  # the pruner never does worse than its separable choice
-            assert row["production_loss"] <= row["separable_loss"] + 1e-12, row
+            assert max(row["full_loss"], row["near_loss"]) <= row["separable_loss"] + 1e-12, row
+            assert row["near_points"] <= row["full_points"], row
 
 
 def check_channel_tile(body: dict) -> None:

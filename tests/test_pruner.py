@@ -12,6 +12,7 @@ from profiler_service.timing import TimingPolicy
 from pruning_client.data import digits
 from pruning_client.export import export_onnx
 from pruning_client.graph import ModelGraph, analyse
+from pruning_client.joint import solve_joint_milp
 from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.models import resnet20, resnext50_32x4d
 from pruning_client.pruner import HALPPruner, exponential_budgets
@@ -154,25 +155,39 @@ def test_every_step_and_repair_step_reaches_on_step_with_its_line():
 
 def test_the_joint_choice_keeps_more_saliency_where_the_separable_one_gives_it_up():
     """Costs of cin x cout (plus a fixed 5 per layer): crediting each group with its neighbours held
-    where they are misjudges what pruning both saves, and at 0.3 of the latency the joint optimum near
-    the separable choice keeps more saliency, within the same budget under the true 2-D latency."""
+    where they are misjudges what pruning both saves, and at 0.3 of the latency the joint choice keeps
+    more saliency, within the same budget under the true 2-D latency: "near" more than the separable
+    one, "full" the joint optimum (HiGHS on the linearised MILP, to the solver's 0.1 %)."""
     kept = {}
-    for window in (None, 2):
+    for mode in ("off", "near", "full"):
         torch.manual_seed(0)
         model, x = resnet20(10).eval(), torch.randn(1, 3, 32, 32)
         graph = analyse(model, x)
         latency = LatencyModel(
             graph, LatencyTables(fetch=lambda need: {k: {p: 5.0 + p[0] * p[1] for p in pts} for k, pts in need.items()})
         )
-        pruner = HALPPruner(
-            model, x, latency, target_ratio=0.3, steps=1, interval=1, block_size=None, joint_window=window
-        )
-        record = pruner.prune_now(magnitude_saliency(graph))
+        pruner = HALPPruner(model, x, latency, target_ratio=0.3, steps=1, interval=1, block_size=None, joint=mode)
+        saliency = magnitude_saliency(graph)
+        _, counts, values, lo = pruner._choices(saliency)
+        record = pruner.prune_now(saliency)
         assert record.met and latency.predict(pruner.keep_counts()) <= record.budget_ms[0]
         assert record.predicted_ms[0] == pytest.approx(latency.predict(pruner.keep_counts()))
-        kept[window] = (record.saliency_kept, record.solver)
-    assert kept[None][1] == "separable" and kept[2][1] == "joint"
-    assert kept[2][0] > kept[None][0] + 0.01
+        kept[mode] = (record.saliency_kept, record.solver)
+    assert kept["off"][1] == "separable" and kept["near"][1] == kept["full"][1] == "joint"
+    assert kept["near"][0] > kept["off"][0] + 0.01
+    problem = latency.joint_problem(graph.sizes, [np.maximum(c, c[m]) for c, m in zip(counts, lo, strict=True)], values)
+    optimum = solve_joint_milp(problem, latency.to_table(record.budget_ms[0]), min_option=lo)
+    assert kept["full"][0] >= problem.value(optimum) / sum(v[-1] for v in values) * (1 - 1e-3)
+    assert kept["full"][0] >= kept["near"][0] - 1e-9
+
+
+def test_the_joint_mode_is_checked():
+    torch.manual_seed(0)
+    model, x = resnet20(10).eval(), torch.randn(1, 3, 32, 32)
+    ones = LatencyTables(fetch=lambda need: {k: dict.fromkeys(v, 1.0) for k, v in need.items()})
+    latency = LatencyModel(analyse(model, x), ones)
+    with pytest.raises(ValueError, match="joint: one of full, near, off"):
+        HALPPruner(model, x, latency, target_ratio=0.5, joint="window")
 
 
 def test_automatic_blocks_follow_the_targets_channel_tile_where_groups_are_wide_enough():

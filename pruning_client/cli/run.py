@@ -38,6 +38,14 @@ BlockSize = Annotated[
         help="channels per block (default: per group, multiples of 8; grouped convs: whole channels per conv group)"
     ),
 ]
+Joint = Annotated[
+    str,
+    typer.Option(
+        help="the joint (cin, cout) solver: full (the exact optimum; every (cin, cout) pair of each layer's groups "
+        "is measured, about 7x the points), near (around the separable choice, fewer points: for targets where "
+        "each point is expensive, as TensorRT engine builds) or off (the separable choice). One target only"
+    ),
+]
 Token = Annotated[str, typer.Option(help="bearer token (default: HALP_API_TOKEN)")]
 Fixed = Annotated[str, typer.Option(metavar="MODULE[,MODULE]", help="modules whose output channels are never pruned")]
 Task = Annotated[
@@ -52,9 +60,13 @@ def _modules(text: str | None) -> list[str]:
     return [m.strip() for m in (text or "").split(",") if m.strip()]
 
 
-def _check_dtype(dtype: str) -> None:
+def _check_choices(dtype: str, joint: str) -> None:
+    from pruning_client.pruner import JOINT_MODES
+
     if dtype not in DTYPES:
         raise fail(f"--dtype must be one of {', '.join(DTYPES)}")
+    if joint not in JOINT_MODES:
+        raise fail(f"--joint must be one of {', '.join(JOINT_MODES)}")
 
 
 def run_errors():
@@ -82,6 +94,7 @@ def profile(
     latency_ratio: Ratio = 0.5,
     steps: Annotated[int, typer.Option(help="pruning steps of the run to prepare")] = 10,
     block_size: BlockSize = None,
+    joint: Joint = "full",
     fixed: Fixed = None,
     token: Token = None,
 ) -> None:
@@ -93,11 +106,12 @@ def profile(
     """
     from pruning_client.workflow import Run, RunSettings
 
-    _check_dtype(dtype)
+    _check_choices(dtype, joint)
     settings = RunSettings(
         targets=target, task=task, model=model, weights=weights, data=data, input_size=input_size, batch=batch,
         dtype=dtype,
-        latency_ratio=latency_ratio, steps=steps, block_size=block_size, token=token, fixed=_modules(fixed),
+        latency_ratio=latency_ratio, steps=steps, block_size=block_size, joint=joint, token=token,
+        fixed=_modules(fixed),
     )  # fmt: skip
     try:
         with RichUI(err) as ui:
@@ -152,6 +166,7 @@ def prune(
     ] = True,
     measure_steps: Annotated[bool, typer.Option(help="measure the model on every target after each step")] = True,
     block_size: BlockSize = None,
+    joint: Joint = "full",
     fixed: Fixed = None,
     per_target: Annotated[bool, typer.Option(help="one model per target instead of one meeting every budget")] = False,
     out: Annotated[Path, typer.Option(help="output directory (checkpoints in OUT/checkpoints)")] = Path("halp-out"),
@@ -173,7 +188,7 @@ def prune(
     from pruning_client.pruning_run import PruneRun
     from pruning_client.run_settings import RunSettings
 
-    _check_dtype(dtype)
+    _check_choices(dtype, joint)
     try:
         with distributed() as ctx, RichUI(err) as ui:
             if resume is not None:
@@ -186,7 +201,7 @@ def prune(
                     targets=target or [], task=task, model=model, weights=weights, latency_ratio=latency_ratio,
                     data=data, input_size=input_size, batch=batch, dtype=dtype, steps=steps, epochs=epochs,
                     pretrain_epochs=pretrain_epochs, prune_epochs=prune_epochs, lr=lr, block_size=block_size,
-                    per_target=per_target, out=out, token=token, seed=seed, fixed=_modules(fixed),
+                    joint=joint, per_target=per_target, out=out, token=token, seed=seed, fixed=_modules(fixed),
                     calibrate=calibrate, measure_steps=measure_steps, train_batch=train_batch, interval=interval,
                     momentum=momentum, weight_decay=weight_decay, schedule=schedule, warmup=warmup,
                     label_smoothing=label_smoothing, amp=amp, channels_last=channels_last, workers=workers,
