@@ -35,6 +35,7 @@ def test_user_mistakes_are_one_line_errors(service):
         (("lut", CONV, "--target", service.url), "Not found"),
         (("lut", CONV, "--target", "http://127.0.0.1:9"), "cannot reach"),
         (("serve", "--backend", "cuda-magic"), "unknown backend"),
+        (("prune", "--target", service.url, "--joint", "window"), "--joint must be one of full, near, off"),
     ]:
         out = halp(*args)
         assert out.returncode == 2, (args, out.stdout, out.stderr)
