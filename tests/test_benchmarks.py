@@ -110,6 +110,15 @@ def check_latency_model(body: dict) -> None:
             assert run["timing"] == body["devices"][label]["timing"]
 
 
+def check_in_network(body: dict) -> None:
+    for name, model in body["models"].items():
+        rows = model["rows"]
+        assert all(r["alone"] > 0 and r["within"] > 0 and r["measured"] > 0 for r in rows), name
+        # without the layout conversions a layer alone pays, the tables sum to less
+        assert sum(r["within"] for r in rows) < sum(r["alone"] for r in rows), name
+        assert {"alone", "within"} <= model.keys()
+
+
 def check_budget(body: dict) -> None:
     for run in body["runs"]:  # each prune's report; the measured ratio is noise-bound on a shared VM
         assert 0 < run["measured_ratio"] < 1 and run["report"]["target_ms"] > 0, run
@@ -151,6 +160,7 @@ def check_profiling_cost(body: dict) -> None:
         ("knapsack", check_knapsack),
         ("joint", check_joint),
         ("latency_model", check_latency_model),
+        ("in_network", check_in_network),
         ("channel_tile", check_channel_tile),
         ("budget", check_budget),
         ("hardware_awareness", check_hardware_awareness),
