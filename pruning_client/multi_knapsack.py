@@ -13,15 +13,18 @@ so a choice worth more than ``z`` uses only options with ``d < U - z`` and has a
 
 1. an incumbent: the LP vertex (at most T groups fractional) rounded by trying its support
    options, then the best single-group upgrades while every budget allows;
-2. a beam dive: the search below keeping only the states of least loss, for a better incumbent;
+2. a beam dive: the search below keeping only the states of least loss, for a better incumbent,
+   then exchanges of one or two groups' options among those a choice that would prove itself
+   within ``rtol`` could use (a two-group change trades one target's slack for another's);
 3. the exact search: groups added one at a time over their options with ``d < delta``, where
    ``delta = U - z (1 + rtol)``; a partial choice is dropped when its loss plus the slack the
    remaining options cannot use reaches ``delta``, when the cheapest completion breaks a budget,
    or when another is no dearer on every target and worth at least as much.
 
 When the LP's bound already proves the incumbent within ``rtol`` (most instances), steps 2-3 do
-nothing. Every solution worth more than ``z (1 + rtol)`` survives step 3, so the result is within
-``rtol`` of the optimum. Step 3 runs over a widening ``delta`` (narrow searches are cheap and
+nothing; a better incumbent from step 2 shrinks what step 3 must search, often below the size
+where its states explode. Every solution worth more than ``z (1 + rtol)`` survives step 3, so the
+result is within ``rtol`` of the optimum. Step 3 runs over a widening ``delta`` (narrow searches are cheap and
 usually find the optimum, which then needs no wider one). A search past ``MAX_STATES`` hands over
 to HiGHS's MILP on the options priced below what the incumbent lacks (a few per group).
 """
@@ -127,6 +130,35 @@ def _upgrade(opts: _Options, pick: np.ndarray, budgets: np.ndarray) -> np.ndarra
         best = np.flatnonzero(fits)[np.argmax(gain[fits])]
         trial = pick.copy()
         trial[opts.group[best]] = best
+        if (opts.totals(trial) > budgets).any():  # the change fits only up to rounding: stop here
+            return pick
+        pick = trial
+
+
+def _exchange(opts: _Options, pick: np.ndarray, budgets: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Take the most valuable change of one group's option, or of two groups' options together, that
+    every budget allows, until none is left: two-group changes trade one target's slack for another's,
+    which no single upgrade can. Each round is vectorised over the candidate pairs."""
+    group = opts.group[candidates]
+    while True:
+        slack = budgets - opts.totals(pick)
+        now = pick[group]
+        gain = opts.value[candidates] - opts.value[now]
+        extra = opts.cost[:, candidates] - opts.cost[:, now]  # (T, C)
+        pair_gain = gain[:, None] + gain[None, :]
+        fits = (extra[:, :, None] + extra[:, None, :] <= slack[:, None, None]).all(0)
+        fits &= group[:, None] < group[None, :]  # each pair of groups once
+        single = (extra <= slack[:, None]).all(0)
+        best_pair = np.where(fits, pair_gain, -np.inf)
+        i, j = np.unravel_index(int(np.argmax(best_pair)), best_pair.shape)
+        s = int(np.argmax(np.where(single, gain, -np.inf)))
+        trial = pick.copy()
+        if single[s] and gain[s] >= best_pair[i, j] and gain[s] > 1e-12 * abs(opts.worth(pick)):
+            trial[group[s]] = candidates[s]
+        elif best_pair[i, j] > 1e-12 * abs(opts.worth(pick)):
+            trial[group[i]], trial[group[j]] = candidates[i], candidates[j]
+        else:
+            return pick
         if (opts.totals(trial) > budgets).any():  # the change fits only up to rounding: stop here
             return pick
         pick = trial
@@ -276,6 +308,9 @@ def solve_several(
                 return None
         if BEAM and lacking() > 0:  # a dive for a better incumbent
             improve(bound - opts.worth(pick), BEAM)
+        if lacking() > 0:  # then exchanges among the options of a choice that would prove itself
+            proving = bound - opts.worth(pick) if rtol == 0 else rtol * abs(bound) / (1 + rtol)
+            pick = _exchange(opts, pick, budgets, np.flatnonzero(d < min(proving, bound - opts.worth(pick))))
         # Exact searches over a widening loss: each proves every choice it did not see worth at most
         # bound - delta, so the first whose delta reaches what the incumbent lacks ends it. Narrow ones
         # are cheap and usually find the optimum, which shrinks what is lacking.

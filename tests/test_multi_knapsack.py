@@ -101,6 +101,18 @@ def test_a_search_too_wide_hands_over_to_highs(monkeypatch, caplog):
     assert handed and any(allowed < total for _, allowed, total in handed)  # reduced-cost fixing cut options
 
 
+def test_exchange_trades_one_targets_slack_for_anothers_where_no_single_upgrade_fits():
+    """Group A's upgrade needs target 0's cost, which is spent; moving B to an option cheaper on target 0
+    and dearer on target 1 (where slack is left) makes room: worth 7 against 5, every budget held."""
+    vals = [np.array([0.0, 3.0]), np.array([5.0, 4.0])]
+    cost = [np.array([[0.0, 1.0], [0.0, 0.0]]), np.array([[1.0, 0.0], [0.0, 2.0]])]
+    budgets = np.array([1.0, 5.0])
+    opts = mk._Options(vals, cost, all_options(vals))
+    start = np.array([0, 2])  # A's option 0, B's option 0 (flattened indices)
+    assert (mk._upgrade(opts, start, budgets) == start).all()
+    assert mk._exchange(opts, start, budgets, np.arange(4)).tolist() == [1, 3]
+
+
 def test_infeasible_budgets_give_none():
     vals = [np.array([0.0, 1.0])] * 2
     cost = [np.array([[1.0, 2.0], [1.0, 2.0]])] * 2
