@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 BEAM = 128  # states the dive keeps per group
 MAX_STATES = 1024  # live states past which the search hands over to HiGHS (its dominance check is quadratic)
 MAX_ROUNDINGS = 1 << 16  # mixes of the fractional groups' options the rounding tries
+MAX_EXCHANGE = 512  # options the exchanges consider (the least priced): their pairs are held in memory
 
 
 def pareto_options(cost: np.ndarray, value: np.ndarray, lo: int) -> np.ndarray:
@@ -310,7 +311,8 @@ def solve_several(
             improve(bound - opts.worth(pick), BEAM)
         if lacking() > 0:  # then exchanges among the options of a choice that would prove itself
             proving = bound - opts.worth(pick) if rtol == 0 else rtol * abs(bound) / (1 + rtol)
-            pick = _exchange(opts, pick, budgets, np.flatnonzero(d < min(proving, bound - opts.worth(pick))))
+            usable = np.flatnonzero(d < min(proving, bound - opts.worth(pick)))
+            pick = _exchange(opts, pick, budgets, usable[np.argsort(d[usable], kind="stable")[:MAX_EXCHANGE]])
         # Exact searches over a widening loss: each proves every choice it did not see worth at most
         # bound - delta, so the first whose delta reaches what the incumbent lacks ends it. Narrow ones
         # are cheap and usually find the optimum, which shrinks what is lacking.

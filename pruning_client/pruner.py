@@ -39,6 +39,7 @@ log = logging.getLogger("halp.pruner")
 JOINT_MODES = ("full", "near", "off")  # the joint (cin, cout) solver: every option, near the separable choice, none
 JOINT_WINDOW = 2  # "near": options either side of the separable choice it starts from, per group
 MAX_JOINT_ROUNDS = 8  # "near": times it may widen that window where its optimum reaches the edge
+FULL_GRID_FACTOR = 10  # "full" asks for at most this many new points per separable curve point, else "near"
 
 
 @dataclass
@@ -343,20 +344,24 @@ class HALPPruner:
         "full" solves over every option of every group: exact (to the solver's 0.1 %), and it needs
         every (cin, cout) pair of each layer's groups from the tables, about 7x the separable curves'
         points on ResNet-50 (measured once per device and model: later steps' grids are inside it).
-        "near" starts in a window of ``JOINT_WINDOW`` options either side of ``k`` and widens it by as
-        much on every side its optimum reaches, until the optimum is inside on every group: a fraction
-        of the points, for targets where each point is expensive (a TensorRT engine build), and not
-        exact (``benchmarks/joint.py`` measures both). One target only: several are decided by the
-        separable choice.
+        The grid grows with the square of the options: where it would ask for more than
+        ``FULL_GRID_FACTOR`` new points per separable curve point (fine blocks, or blocks halved to
+        reach a budget), the step searches "near" instead.
+        "near" starts in a window of ``JOINT_WINDOW`` options either side of ``k`` and widens it by
+        as much on every side its optimum reaches, until the optimum is inside on every group: a
+        fraction of the points, for targets where each point is expensive (a TensorRT engine build),
+        and not exact (``benchmarks/joint.py`` measures both). One target only: several are decided
+        by the separable choice.
         """
         if self.joint == "off" or len(self.models) != 1:
             return None
         lm, w, budget = self.models[0], JOINT_WINDOW, budgets[0]
+        full = self.joint == "full" and self._full_grid_affordable(lm, keep_now, counts)
         top = np.array([len(c) - 1 for c in counts])
         separable_value = sum(float(v[kg]) for v, kg in zip(values, k, strict=True))
         best, best_value = np.asarray(k), separable_value
-        first = np.asarray(lo) if self.joint == "full" else np.maximum(best - w, lo)
-        last = top if self.joint == "full" else np.minimum(best + w, top)
+        first = np.asarray(lo) if full else np.maximum(best - w, lo)
+        last = top if full else np.minimum(best + w, top)
         for _ in range(MAX_JOINT_ROUNDS):
             window = [np.arange(a, b + 1) for a, b in zip(first, last, strict=True)]
             problem = lm.joint_problem(keep_now, [c[o] for c, o in zip(counts, window, strict=True)],
@@ -377,6 +382,19 @@ class HALPPruner:
         if best_value <= separable_value * (1 + 1e-9):
             return None
         return best, [lm.predict(np.array([c[j] for c, j in zip(counts, best, strict=True)]))], "joint"
+
+    @staticmethod
+    def _full_grid_affordable(lm: LatencyModel, keep_now: np.ndarray, counts: list[np.ndarray]) -> bool:
+        grid = lm.factor_points(keep_now, counts)
+        if grid is None:
+            return False
+        new = sum(len(v) for v in lm.tables.missing(grid).values())
+        curves = sum(len(v) for v in lm.curve_points(keep_now, counts).values())
+        if new <= FULL_GRID_FACTOR * curves:
+            return True
+        log.info("the full (cin, cout) grid would ask for %d new table points (%d for the separable curves): "
+                 "searching near the separable choice instead", new, curves)  # fmt: skip
+        return False
 
     def _prefetch(self, needs: list) -> None:
         """Fill every target's missing points at once: remote targets measure in parallel."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 import pytest
 import torch
 
+import pruning_client.pruner as pruner_module
 from profiler_service.local_target import LocalTarget
 from profiler_service.timing import TimingPolicy
 from pruning_client.data import digits
@@ -179,6 +182,34 @@ def test_the_joint_choice_keeps_more_saliency_where_the_separable_one_gives_it_u
     optimum = solve_joint_milp(problem, latency.to_table(record.budget_ms[0]), min_option=lo)
     assert kept["full"][0] >= problem.value(optimum) / sum(v[-1] for v in values) * (1 - 1e-3)
     assert kept["full"][0] >= kept["near"][0] - 1e-9
+
+
+def test_full_joint_searches_near_where_its_grid_would_cost_too_many_points(monkeypatch, caplog):
+    """The full grid grows with the square of the options: past FULL_GRID_FACTOR new points per
+    separable curve point the step searches near the separable choice and asks for fewer points."""
+    asked = {}
+    for factor in (1000, 2):
+        monkeypatch.setattr(pruner_module, "FULL_GRID_FACTOR", factor)
+        torch.manual_seed(0)
+        model, x = resnet20(10).eval(), torch.randn(1, 3, 32, 32)
+        graph = analyse(model, x)
+        fetched = []
+
+        def fetch(need, fetched=fetched):
+            fetched.append(sum(len(v) for v in need.values()))
+            return {k: {p: 5.0 + p[0] * p[1] for p in pts} for k, pts in need.items()}
+
+        latency = LatencyModel(graph, LatencyTables(fetch=fetch))
+        pruner = HALPPruner(model, x, latency, target_ratio=0.3, steps=1, interval=1, block_size=4)
+        _, counts, _, lo = pruner._choices(magnitude_saliency(graph))
+        grid = latency.factor_points(graph.sizes, [np.maximum(c, c[m]) for c, m in zip(counts, lo, strict=True)])
+        with caplog.at_level(logging.INFO, logger="halp.pruner"):
+            assert pruner.prune_now(magnitude_saliency(graph)).met
+        asked[factor] = (sum(fetched), sum(len(v) for v in grid.values()))
+    full, near = asked[1000], asked[2]
+    assert full[0] >= full[1]  # every point of the grid
+    assert near[0] < near[1]  # a window's
+    assert "searching near the separable choice instead" in caplog.text
 
 
 def test_the_joint_mode_is_checked():
