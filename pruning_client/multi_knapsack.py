@@ -122,45 +122,35 @@ def _upgrade(opts: _Options, pick: np.ndarray, budgets: np.ndarray) -> np.ndarra
     """Take the most valuable single-group change that every budget allows, until none is left."""
     if (opts.totals(pick) > budgets).any():
         return None
-    while True:
-        slack = budgets - opts.totals(pick)
-        gain = opts.value - opts.value[pick][opts.group]
-        fits = (opts.cost - opts.cost[:, pick][:, opts.group] <= slack[:, None]).all(0) & (gain > 0)
-        if not fits.any():
-            return pick
-        best = np.flatnonzero(fits)[np.argmax(gain[fits])]
-        trial = pick.copy()
-        trial[opts.group[best]] = best
-        if (opts.totals(trial) > budgets).any():  # the change fits only up to rounding: stop here
-            return pick
-        pick = trial
+    return _exchange(opts, pick, budgets, np.arange(len(opts.value)), pairs=False)
 
 
-def _exchange(opts: _Options, pick: np.ndarray, budgets: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Take the most valuable change of one group's option, or of two groups' options together, that
-    every budget allows, until none is left: two-group changes trade one target's slack for another's,
-    which no single upgrade can. Each round is vectorised over the candidate pairs."""
+def _exchange(
+    opts: _Options, pick: np.ndarray, budgets: np.ndarray, candidates: np.ndarray, pairs: bool = True
+) -> np.ndarray:
+    """Take the most valuable change among ``candidates`` of one group's option, or (``pairs``) of two
+    groups' options together, that every budget allows, until none is left: two-group changes trade
+    one target's slack for another's, which no single upgrade can. Each round is vectorised over the
+    candidates (and their pairs, held in memory: a few candidates only)."""
     group = opts.group[candidates]
     while True:
         slack = budgets - opts.totals(pick)
         now = pick[group]
         gain = opts.value[candidates] - opts.value[now]
         extra = opts.cost[:, candidates] - opts.cost[:, now]  # (T, C)
-        pair_gain = gain[:, None] + gain[None, :]
-        fits = (extra[:, :, None] + extra[:, None, :] <= slack[:, None, None]).all(0)
-        fits &= group[:, None] < group[None, :]  # each pair of groups once
-        single = (extra <= slack[:, None]).all(0)
-        best_pair = np.where(fits, pair_gain, -np.inf)
-        i, j = np.unravel_index(int(np.argmax(best_pair)), best_pair.shape)
-        s = int(np.argmax(np.where(single, gain, -np.inf)))
-        trial = pick.copy()
-        if single[s] and gain[s] >= best_pair[i, j] and gain[s] > 1e-12 * abs(opts.worth(pick)):
-            trial[group[s]] = candidates[s]
-        elif best_pair[i, j] > 1e-12 * abs(opts.worth(pick)):
-            trial[group[i]], trial[group[j]] = candidates[i], candidates[j]
-        else:
-            return pick
-        if (opts.totals(trial) > budgets).any():  # the change fits only up to rounding: stop here
+        single = np.where((extra <= slack[:, None]).all(0), gain, -np.inf)
+        s = int(np.argmax(single))
+        trial, best = pick.copy(), single[s]
+        trial[group[s]] = candidates[s]
+        if pairs:
+            fits = (extra[:, :, None] + extra[:, None, :] <= slack[:, None, None]).all(0)
+            fits &= group[:, None] < group[None, :]  # each pair of groups once
+            pair = np.where(fits, gain[:, None] + gain[None, :], -np.inf)
+            i, j = np.unravel_index(int(np.argmax(pair)), pair.shape)
+            if pair[i, j] > best:
+                trial, best = pick.copy(), pair[i, j]
+                trial[group[i]], trial[group[j]] = candidates[i], candidates[j]
+        if not best > 0 or (opts.totals(trial) > budgets).any():  # fits only up to rounding: stop here
             return pick
         pick = trial
 
