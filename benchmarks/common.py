@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,18 @@ def profiler_url(args: argparse.Namespace, state_dir: Path) -> Iterator[str]:
 
     with local_service(state_dir) as url:
         yield url
+
+
+def hold_if_asked(stage: str) -> None:
+    """Stop here for good when ``HALP_BENCHMARK_HOLD`` names a file: write ``stage`` to it, then wait.
+
+    A test that must catch a benchmark mid-run (its service up) waits for the file instead of guessing
+    how long the run takes on this host, then kills the run.
+    """
+    hold = os.environ.get("HALP_BENCHMARK_HOLD")
+    if hold:
+        Path(hold).write_text(stage)
+        threading.Event().wait()
 
 
 def machine() -> dict:

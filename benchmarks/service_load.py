@@ -1,6 +1,7 @@
 """SPEC 7.6: GET /lut of a stored shape under 20 concurrent clients on loopback, with wrk; idle and under attack.
 
-Starts a local CPU service, stores a 64-point table, then runs `wrk -t2 -c20 -d30s --latency` against
+Starts a local CPU service, stores a 64-point table, then runs `wrk -t2 -c20 -d30s --latency` (or, where
+wrk is not installed, the same closed loop from `load.py`, named in the result) against
 GET /lut/<shape> twice in one run: on an idle service, and while another client keeps sending hostile
 uploads to POST /measure (an ONNX Loop of 10^12 iterations, killed at the 2 s point deadline, and a
 model whose allocation is only known at run time, killed at the worker's memory limit), so that the
@@ -11,6 +12,7 @@ service and its worker share the 2 cores).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -19,7 +21,8 @@ import threading
 from pathlib import Path
 
 import httpx
-from common import parse_args, write
+from common import hold_if_asked, parse_args, write
+from load import http_load
 
 from profiler_service.schemas import LutRequest
 from pruning_client.demo import local_service
@@ -75,29 +78,44 @@ def rss_mb(url: str) -> float:
     return float(re.search(r"^process_resident_memory_bytes (\S+)$", text, re.M).group(1)) / 2**20
 
 
+class Load:
+    """20 connections on one URL for a fixed time: wrk where installed, else load.py's httpx loop."""
+
+    def __init__(self, url: str, seconds: int) -> None:
+        self.url, self.seconds, self.wrk = url, seconds, shutil.which("wrk")
+        self.command = (
+            f"wrk -t2 -c20 -d{seconds}s --latency URL/lut/{SHAPE}"
+            if self.wrk
+            else f"load.http_load(URL/lut/{SHAPE}, connections=20, seconds={seconds})"
+        )
+
+    def run(self) -> tuple[str, dict]:
+        if self.wrk is None:
+            figures = http_load(self.url, 20, self.seconds)
+            return json.dumps(figures, indent=1), figures
+        cmd = [self.wrk, "-t2", "-c20", f"-d{self.seconds}s", "--latency", self.url]
+        text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return text, parse_wrk(text)
+
+
 def main() -> None:
     args = parse_args(__doc__)
-    duration = "3s" if args.quick else "30s"
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        write(args.out, "service_load", {"skipped": "wrk is not installed (apt-get install wrk)"}, args.quick)
-        return
     with tempfile.TemporaryDirectory() as tmp, local_service(Path(tmp), env=HOSTILE_ENV) as url:
+        hold_if_asked("service up")
         with ProfilerClient(url) as client:
             client.ensure(
                 SHAPE, LutRequest(cin=[16, 32, 48, 64, 80, 96, 112, 128], cout=[8, 16, 24, 32, 40, 48, 56, 64])
             )
-        cmd = [wrk, "-t2", "-c20", f"-d{duration}", "--latency", f"{url}/lut/{SHAPE}"]
-        idle_out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        load = Load(f"{url}/lut/{SHAPE}", 3 if args.quick else 30)
+        idle_out, idle = load.run()
         rss_before, restarts_before = rss_mb(url), worker_restarts(url)
         attacker = Attacker(url)
         attacker.start()
-        hostile_out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        hostile_out, hostile = load.run()
         attacker.stop.set()
         attacker.join(30)
         rss_after, restarts = rss_mb(url), worker_restarts(url) - restarts_before
     print("idle service:\n" + idle_out + "\nwhile hostile uploads kill the worker:\n" + hostile_out)
-    idle, hostile = parse_wrk(idle_out), parse_wrk(hostile_out)
     hostile.update(
         hostile_answers={str(k): v for k, v in attacker.answers.items()},
         worker_restarts=restarts,
@@ -109,7 +127,8 @@ def main() -> None:
         "under_attack": hostile,
         "ratio_requests_per_s": round(hostile["requests_per_s"] / idle["requests_per_s"], 3),
         "ratio_p99": round(hostile["p99_ms"] / idle["p99_ms"], 3),
-        "command": " ".join(cmd[:-1]) + " URL/lut/" + SHAPE,
+        "load_generator": "wrk" if load.wrk else "httpx (load.py; wrk is not installed)",
+        "command": load.command,
         "table_points": 64,
         "service_env": HOSTILE_ENV,
         "target": {"requests_per_s": 500, "p99_ms": 50},

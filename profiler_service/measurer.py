@@ -23,7 +23,7 @@ class Measurer:
         self._lane = threading.Lock()  # parallel timing on one device would corrupt both results
 
     def layer(self, shape: LayerShape, cin: int, cout: int) -> LatencyStats:
-        with self._lane:
+        with self._lane, self._metrics.device_busy.track_inprogress():
             start = time.perf_counter()
             stats = self.worker.layer(shape.key, cin, cout, self._deadline_s)
             self._metrics.point_seconds.observe(time.perf_counter() - start)
@@ -38,7 +38,8 @@ class Measurer:
                 retry_after_s=max(1, math.ceil(self._measure_wait_s)),
             )
         try:
-            result = self.worker.model(path, input_shapes, self._deadline_s)
+            with self._metrics.device_busy.track_inprogress():
+                result = self.worker.model(path, input_shapes, self._deadline_s)
             self._metrics.models_measured.inc()
             return result
         finally:

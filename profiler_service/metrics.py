@@ -25,6 +25,9 @@ class Metrics:
         self.jobs_submitted = Counter("halp_jobs_submitted_total", "Jobs created", registry=self.registry)
         self.jobs_failed = Counter("halp_jobs_failed_total", "Jobs that failed", registry=self.registry)
         self.queue_depth = Gauge("halp_job_queue_depth", "Jobs waiting or running", registry=self.registry)
+        self.device_busy = Gauge(
+            "halp_device_busy", "1 while the device builds or times a table point or an upload", registry=self.registry
+        )
         self.worker_restarts = Gauge(
             "halp_worker_restarts", "Measurement workers replaced after a limit, a crash or a cancel",
             registry=self.registry,

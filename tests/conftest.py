@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -138,6 +139,17 @@ def wait_job(client: httpx.Client, location: str, timeout: float = 120.0) -> dic
             return job
         time.sleep(0.1)
     raise TimeoutError(f"job {location} not finished: {job}")
+
+
+def wait_metric(client: httpx.Client, name: str, value: float, timeout: float = 60.0) -> None:
+    """Wait until the service's /metrics shows ``name`` at ``value``: an event to wait on, not a guess of time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(rf"^{name} (\S+)$", client.get("/metrics").text, re.M)
+        if found and float(found[1]) == value:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{name} never reached {value} in {timeout:g} s")
 
 
 MAX_TIMING_SPREAD = 1.25

@@ -26,10 +26,10 @@ ON_SHARED_SERVICE = {
 }  # profiling_cost counts what it measures
 
 
-def start(script: str, out: Path, *args: str) -> subprocess.Popen:
+def start(script: str, out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """The script in its own process group, so that its `halp serve` child can be killed with it."""
     cmd = [sys.executable, str(BENCHMARKS / f"{script}.py"), "--quick", "--out", str(out), *args]
-    env = {**os.environ, **FAST_TIMING}
+    env = {**os.environ, **FAST_TIMING, **(env or {})}
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
     )
@@ -50,9 +50,15 @@ def run(script: str, out: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_benchmark_that_times_out_leaves_no_process(tmp_path):
-    proc = start("service_load", tmp_path)
+    held = tmp_path / "held"  # the benchmark writes it once its service is up, then waits for good
+    proc = start("service_load", tmp_path, env={"HALP_BENCHMARK_HOLD": str(held)})
+    deadline = time.monotonic() + 120
+    while not held.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert held.read_text() == "service up", proc.poll()
+    assert len(live_in_group(proc.pid)) >= 2  # the script and its `halp serve`
     with pytest.raises(subprocess.TimeoutExpired):
-        finish(proc, timeout=6)  # mid-run: its service is up
+        finish(proc, timeout=0.5)  # held: it cannot finish, so the timeout kills its group
     deadline = time.monotonic() + 10
     while live_in_group(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -180,19 +186,21 @@ def test_quick_benchmark_writes_results(script, check, tmp_path, request):
 
 
 @pytest.mark.slow
-def test_quick_service_load_runs_wrk_or_says_why_not(tmp_path):
+@pytest.mark.parametrize("generator", ["wrk", "httpx"])
+def test_quick_service_load_runs_with_wrk_or_its_own_load_generator(tmp_path, generator):
     import shutil
 
-    done = run("service_load", tmp_path)
+    if generator == "wrk" and not shutil.which("wrk"):
+        pytest.skip("wrk is not installed (apt-get install wrk); the httpx case runs the same benchmark")
+    env = {"PATH": ""} if generator == "httpx" else None  # no wrk on an empty PATH; python is absolute
+    done = finish(start("service_load", tmp_path, env=env))
     assert done.returncode == 0, done.stderr[-3000:]
     body = json.loads((tmp_path / "service_load-quick.json").read_text())
-    if shutil.which("wrk"):
-        assert body["requests_per_s"] > 0 and body["p99_ms"] > 0 and body["non_2xx"] == 0
-        attacked = body["under_attack"]
-        assert attacked["requests_per_s"] > 0 and attacked["non_2xx"] == 0 and attacked["socket_errors"] == 0
-        assert set(attacked["hostile_answers"]) == {"422"}  # every hostile upload refused, none a 5xx
-    else:
-        assert "wrk" in body["skipped"]
+    assert body["load_generator"].startswith(generator)
+    assert body["requests_per_s"] > 0 and body["p99_ms"] > 0 and body["non_2xx"] == 0
+    attacked = body["under_attack"]
+    assert attacked["requests_per_s"] > 0 and attacked["non_2xx"] == 0 and attacked["socket_errors"] == 0
+    assert set(attacked["hostile_answers"]) == {"422"}  # every hostile upload refused, none a 5xx
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests import hostile_models as hm
-from tests.conftest import ServiceProcess, wait_job
+from tests.conftest import ServiceProcess, wait_job, wait_metric
 
 TOKEN = "secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -191,7 +191,7 @@ def test_worker_past_its_deadline_is_killed_and_replaced(svc, client):
 def test_measure_answers_503_when_the_device_stays_busy(svc, client):
     slow = threading.Thread(target=lambda: measure(client, hm.endless_loop()))
     slow.start()
-    time.sleep(0.5)  # the loop holds the device until its 4 s deadline
+    wait_metric(client, "halp_device_busy", 1)  # the loop holds the device until its 4 s deadline
     with httpx.Client(base_url=svc.url, headers=AUTH, timeout=30) as other:
         r = measure(other, hm.conv_3x8x8())
     slow.join()
