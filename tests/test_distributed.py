@@ -25,8 +25,14 @@ def halp_finetune(*args: str, processes: int = 1) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
+# HALP_DISTRIBUTED_REPEAT=20 runs it 20 times: a teardown that fails one run in six (gloo threads alive
+# at interpreter exit, see pruning_client.cli.main) passed single runs for weeks
+REPEAT = range(int(os.environ.get("HALP_DISTRIBUTED_REPEAT", "1")))
+
+
 @pytest.mark.slow
-def test_two_processes_fine_tune_one_model_and_count_the_whole_validation_split(tmp_path):
+@pytest.mark.parametrize("run", REPEAT)
+def test_two_processes_fine_tune_one_model_and_count_the_whole_validation_split(tmp_path, run):
     torch.manual_seed(0)
     torch.save(resnet20(10), tmp_path / "model.pt")
     done = halp_finetune(
