@@ -28,6 +28,7 @@ PROBE_FRACTIONS = (1.0, 0.75, 0.5)  # channel fractions measured to fit a, b: th
 KINDS = ("dense", "depthwise", "grouped", "linear")
 MIN_LAYERS = 3  # a kind with fewer layers than this shares the global slope ...
 MIN_SHARE = 0.05  # ... as does one with less of the unpruned tables' time
+HUBER_EPSILON = 1.35  # residuals past this many scales count linearly (sklearn's default, 95 % efficient)
 RIDGE = 1e-3  # pull of each kind's slope towards the global one (see _kind_slopes)
 CHOOSE_MARGIN = 0.5  # per-kind replaces the line only where it halves its leave-one-out errors ...
 CHOOSE_FLOOR = 1e-4  # ... and smaller by more than this (0.01 % of a latency is a tie)
@@ -84,9 +85,20 @@ class Calibration:
 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """The line through (table sum, ms); robust (Huber loss) from three samples on, so a sample timed in
+    a noise burst pulls it little (a least-squares refit chased such samples mid-run until the
+    intercept alone filled the budget)."""
     if len(x) < 2 or np.ptp(x) <= 1e-9 * x.max():
         raise CalibrationError("calibration needs measurements of at least two different configurations")
-    a, b = np.polyfit(x, y, 1)
+    if len(x) == 2:
+        a, b = np.polyfit(x, y, 1)
+    else:
+        from sklearn.linear_model import HuberRegressor  # 1.7 s to import: only where a line is fitted
+
+        unit = float(np.abs(y).max()) or 1.0  # in units of the largest sample: the solver's tolerances are absolute
+        huber = HuberRegressor(epsilon=HUBER_EPSILON, alpha=0.0, max_iter=1000, tol=1e-10)
+        huber.fit(x[:, None] / unit, y / unit)
+        a, b = float(huber.coef_[0]), float(huber.intercept_) * unit
     if a <= 0:
         raise CalibrationError(f"calibration gave a non-positive slope a={a:.3g}: measurements are too noisy")
     return float(a), float(b)

@@ -42,6 +42,11 @@ MAX_JOINT_ROUNDS = 8  # "near": times it may widen that window where its optimum
 FULL_GRID_FACTOR = 10  # "full" asks for at most this many new points per separable curve point, else "near"
 
 
+class BudgetOutOfReach(RuntimeError):
+    """A step's budget cannot be met even by the smallest model the blocks allow (and a paired
+    re-measurement did not change that): the run stops rather than keep that minimum silently."""
+
+
 @dataclass
 class PruneStep:
     step: int
@@ -54,13 +59,14 @@ class PruneStep:
     met: bool = True  # False: the budget was out of reach and the minimum was kept
     ranks_agreed: int = 1  # processes that were checked to hold these masks (torchrun)
     solver: str = "separable"  # or "joint": the joint (cin, cout) optimum near it kept more saliency
+    grew: bool = False  # a give-back step: channels pruned earlier could come back
 
     def describe(self, steps: int) -> str:
         """One progress line; ``steps`` is the schedule's length (later steps are repairs)."""
-        label = f"step {self.step}/{steps}" if self.step <= steps else "repair step"
+        label = f"step {self.step}/{steps}" if self.step <= steps else "give-back step" if self.grew else "repair step"
         budget = ", ".join(f"{b:.3f}" for b in self.budget_ms)
         predicted = ", ".join(f"{p:.3f}" for p in self.predicted_ms)
-        missed = "" if self.met else " (budget out of reach even with the finest blocks: kept the minimum)"
+        missed = "" if self.met else " (budget out of reach even with the finest blocks: kept the minimum, as asked)"
         kept = f"saliency kept {100 * self.saliency_kept:.1f} %"
         joint = " (the joint (cin, cout) choice)" if self.solver == "joint" else ""
         return f"{label}: budget {budget} ms, predicted {predicted} ms, {kept}{joint}{missed}"
@@ -81,6 +87,9 @@ class HALPPruner:
         on_step: Callable[[PruneStep], None] | None = None,
         ctx: Context | None = None,
         joint: str = "full",
+        allow_minimum: bool = False,
+        recheck: Callable[[], bool] | None = None,
+        names: Sequence[str] | None = None,
     ) -> None:
         self.models = [latency_model] if isinstance(latency_model, LatencyModel) else list(latency_model)
         if not self.models:
@@ -102,6 +111,10 @@ class HALPPruner:
         self.min_keep_blocks, self.on_step = min_keep_blocks, on_step  # on_step(record) after every step
         self.ctx = ctx or Context()
         self.joint = joint
+        # a budget out of reach: ``recheck()`` (rank 0) may re-measure and refit, True if it did; then
+        # the minimum is kept only if ``allow_minimum``, else ``BudgetOutOfReach`` stops the run
+        self.allow_minimum, self.recheck = allow_minimum, recheck
+        self.names = list(names) if names else [f"target {i}" for i in range(len(self.models))]
         self.saliency = TaylorSaliency(self.graph)
         self.masks = [np.ones(g.size, dtype=bool) for g in self.graph.groups]
         full = self.keep_counts()
@@ -114,6 +127,9 @@ class HALPPruner:
         self._hooks = MaskHooks(self.graph, self.masks)
         self._finalized = False
         self._importance: list[np.ndarray] | None = None
+        # each pruned channel's saliency at the step that removed it (its gradient is zero since): what
+        # a give-back step ranks the channels it may bring back by
+        self._removed = [np.zeros(g.size) for g in self.graph.groups]
 
     # --- state -----------------------------------------------------------------------------
     def keep_counts(self) -> np.ndarray:
@@ -137,11 +153,15 @@ class HALPPruner:
         due = self.iteration >= self.start and (self.iteration - self.start) % self.interval == 0
         return self.prune_now() if due and not self.done else None
 
-    def prune_now(self, importance: list[np.ndarray] | None = None, budgets: list[float] | None = None) -> PruneStep:
+    def prune_now(
+        self, importance: list[np.ndarray] | None = None, budgets: list[float] | None = None, grow: bool = False
+    ) -> PruneStep:
         """Take the next pruning step now, with the saliency gathered so far (or the one given).
 
         ``budgets`` (ms per target) overrides the schedule: a repair step after
-        the schedule when measured latency came out above the prediction.
+        the schedule when measured latency came out above the prediction, or with
+        ``grow`` a give-back step when it came out below: channels pruned earlier
+        may come back, ranked by their saliency when they were removed.
 
         Under several processes (``ctx``) every rank calls this at the same iteration. The saliency
         is the same on every rank without a reduction: it is read from gradients DistributedDataParallel
@@ -160,21 +180,46 @@ class HALPPruner:
         if self.ctx.world > 1:
             sync_buffers(self.model, self.ctx)
             self.ctx.agree("saliency", digest(*chosen))
-        record, masks = self.ctx.from_main(lambda: self._decide(chosen, budgets))
+        record, masks = self.ctx.from_main(lambda: self._decide(chosen, budgets, grow))
         self._adopt(record, masks, chosen)
         if self.on_step is not None:
             self.ctx.on_main(lambda: self.on_step(record))  # type: ignore[misc]
         return record
 
-    def _decide(self, importance: list[np.ndarray], budgets: list[float] | None) -> tuple[PruneStep, list[np.ndarray]]:
-        """The next step's masks and record, from the tables and the knapsack (rank 0's work)."""
+    def _decide(
+        self, importance: list[np.ndarray], budgets: list[float] | None, grow: bool
+    ) -> tuple[PruneStep, list[np.ndarray]]:
+        """The next step's masks and record (rank 0's work); a budget out of reach is checked again
+        (``recheck``) before it is believed, then stops the run unless ``allow_minimum``."""
         if budgets is None:
             budgets = [b[len(self.history)] for b in self.budgets]
+        record, masks = self._solve_step(importance, budgets, grow)
+        if not record.met and self.recheck is not None and self.recheck():
+            record, masks = self._solve_step(importance, budgets, grow)
+        if not record.met and not self.allow_minimum:
+            i = next(i for i, (p, b) in enumerate(zip(record.predicted_ms, budgets, strict=True)) if p > b)
+            raise BudgetOutOfReach(
+                f"{self.names[i]}: step {record.step}'s budget ({budgets[i] / self.full_ms[i]:.3f} x the unpruned "
+                f"latency) is out of reach; the smallest model the blocks allow is predicted at "
+                f"{record.predicted_ms[i] / self.full_ms[i]:.3f} x. Use fewer --steps, a finer --block-size or a "
+                "looser --latency-ratio (or --allow-minimum to keep that smallest model)"
+            )
+        if not record.met:
+            log.warning(
+                "step %d: budget %s ms is out of reach keeping %d block(s) per group; kept the minimum (%s ms)",
+                record.step, budgets, self.min_keep_blocks, record.predicted_ms,
+            )  # fmt: skip
+        return record, masks
+
+    def _solve_step(
+        self, importance: list[np.ndarray], budgets: list[float], grow: bool
+    ) -> tuple[PruneStep, list[np.ndarray]]:
+        """The knapsack's choice for ``budgets``: masks and record (``met`` False at the minimum)."""
         keep_now = self.keep_counts()
         sums_now = [lm.table_sum(keep_now) for lm in self.models]
         capacity = np.array([lm.to_table(b) - s for b, lm, s in zip(budgets, self.models, sums_now, strict=True)])
         while True:
-            orders, counts, values, lo = self._choices(importance)
+            orders, counts, values, lo = self._choices(importance, grow)
             # costs are only defined where a group keeps channels: reuse the smallest allowed count below it
             curve_counts = [np.maximum(c, c[m]) for c, m in zip(counts, lo, strict=True)]
             self._prefetch([lm.curve_points(keep_now, curve_counts) for lm in self.models])
@@ -188,11 +233,6 @@ class HALPPruner:
         if met and (joint := self._joint(values, curve_counts, lo, keep_now, k, budgets)) is not None:
             k, predicted, solver = joint
         new_keep = np.array([c[kg] for c, kg in zip(counts, k, strict=True)])
-        if not met:
-            log.warning(
-                "step %d: budget %s ms is out of reach keeping %d block(s) per group; kept the minimum (%s ms)",
-                len(self.history) + 1, budgets, self.min_keep_blocks, predicted,
-            )  # fmt: skip
         total = sum(float(v[-1]) for v in values)
         kept_value = sum(float(v[kg]) for v, kg in zip(values, k, strict=True))
         masks = [np.zeros(g.size, dtype=bool) for g in self.graph.groups]
@@ -208,12 +248,15 @@ class HALPPruner:
             tightenings=tightenings,
             met=met,
             solver=solver,
+            grew=grow,
         )
         return record, masks
 
     def _adopt(self, record: PruneStep, masks: list[np.ndarray], importance: list[np.ndarray]) -> None:
         """Make a decided step this rank's state: masks, hooks, history; then check the ranks agree."""
-        for mine, new in zip(self.masks, masks, strict=True):
+        for mine, new, removed, score in zip(self.masks, masks, self._removed, importance, strict=True):
+            leaving = mine & ~new
+            removed[leaving] = np.asarray(score)[leaving]
             mine[:] = new
         self._hooks.apply()
         self.history.append(record)
@@ -234,8 +277,10 @@ class HALPPruner:
 
     def adopt_main(self) -> None:
         """Every rank takes rank 0's masks, history and block sizes (after steps rank 0 took ``solo``)."""
-        state = self.ctx.from_main(lambda: (self.masks, self.history, self.block_sizes, self._importance))
-        masks, self.history, self.block_sizes, self._importance = state
+        state = self.ctx.from_main(
+            lambda: (self.masks, self.history, self.block_sizes, self._importance, self._removed)
+        )
+        masks, self.history, self.block_sizes, self._importance, self._removed = state
         for mine, new in zip(self.masks, masks, strict=True):
             mine[:] = new
         if self.history:
@@ -253,6 +298,7 @@ class HALPPruner:
             "iteration": self.iteration,
             "saliency": self.saliency.state_dict(),
             "importance": self._importance,
+            "removed_saliency": [r.copy() for r in self._removed],
             "block_sizes": list(self.block_sizes),
             "full_ms": self.full_ms,
             "target_ms": self.target_ms,
@@ -266,25 +312,33 @@ class HALPPruner:
         self.iteration = state["iteration"]
         self.saliency.load_state_dict(state["saliency"])
         self._importance = state["importance"]
+        self._removed = [np.asarray(r) for r in state.get("removed_saliency", self._removed)]  # older checkpoints
         self.block_sizes = list(state["block_sizes"])
         self.full_ms, self.target_ms, self.budgets = state["full_ms"], state["target_ms"], state["budgets"]
         if self.history:
             self._hooks.apply()
 
-    def _choices(self, importance: list[np.ndarray]):
+    def _choices(self, importance: list[np.ndarray], grow: bool = False):
         """Per group: channel order by saliency, the counts it may keep, their values, the minimum's index.
 
         Decisions are made per position (the same channel of every chunk of a
-        grouped conv's group), in blocks of positions.
+        grouped conv's group), in blocks of positions. With ``grow`` the order
+        goes on past the kept channels into the pruned ones (by their saliency
+        when removed), so keeping more than now brings those back.
         """
         orders, counts, values, lo = [], [], [], []
-        for group, mask, block in zip(self.graph.groups, self.masks, self.block_sizes, strict=True):
-            score = importance[group.id].reshape(group.chunks, group.positions).sum(0)
+        for group, mask, block, removed in zip(self.graph.groups, self.masks, self.block_sizes, self._removed,
+                                               strict=True):  # fmt: skip
+            now = np.where(mask, importance[group.id], removed) if grow else importance[group.id]
+            score = now.reshape(group.chunks, group.positions).sum(0)
             kept = np.flatnonzero(mask[: group.positions])
             order = kept[np.argsort(-score[kept], kind="stable")]
+            if grow:
+                gone = np.flatnonzero(~mask[: group.positions])
+                order = np.concatenate([order, gone[np.argsort(-score[gone], kind="stable")]])
             unit = block // group.chunks
-            blocks = math.ceil(len(kept) / unit)
-            c = np.minimum(np.arange(blocks + 1) * unit, len(kept))
+            blocks = math.ceil(len(order) / unit)
+            c = np.minimum(np.arange(blocks + 1) * unit, len(order))
             orders.append(order)
             counts.append(c * group.chunks)
             values.append(np.concatenate(([0.0], np.cumsum(score[order])))[c])

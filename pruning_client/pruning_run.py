@@ -21,9 +21,9 @@ from pruning_client.checkpoint import LAST, save_atomic
 from pruning_client.data import Loaders
 from pruning_client.distributed import sync_buffers, wrap
 from pruning_client.graph import ModelGraph, analyse
+from pruning_client.landing import land_on_budget, side_by_side
 from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.pruner import HALPPruner, PruneStep
-from pruning_client.repair import repair_to_measured_budget, side_by_side
 from pruning_client.report import TargetReport, staircase, target_reports, write_report
 from pruning_client.targets import Target, parallel
 from pruning_client.train import Trainer, run_with_progress
@@ -170,22 +170,31 @@ class PruneRun(Run):
         models = models or [LatencyModel(graph, LatencyTables()) for _ in range(n_targets)]
         channels_before = {lc.name: (lc.cin, lc.cout) for lc in graph.layers}
         measured_steps: list[list[float]] = saved["measured_steps"] if saved else []
+        landing: list[dict] = saved.get("landing", []) if saved else []
+
+        def measure_now() -> list[float]:  # rank 0: the current model against the unpruned one on every target
+            thin, keep = self.export(pruner.thinned_copy(), deploy), pruner.keep_counts()
+            pairs = parallel(lambda t: t.measure_against(unpruned_onnx, thin, shape), targets)
+            for t, pair in zip(targets, pairs, strict=True):
+                self.ui.stage(f"{t.profiler.url}: {t.learn(keep, pair)}")
+            return [p.ratio * t.before.median_ms for t, p in zip(targets, pairs, strict=True)]  # type: ignore[union-attr]
 
         def after_step(record: PruneStep) -> None:  # rank 0 only
             self.ui.stage(record.describe(self.s.steps))
             if self.s.measure_steps:
-                thin = self.export(pruner.thinned_copy(), deploy)
-                measured_steps.append(
-                    [r.median_ms for r in parallel(lambda t: t.profiler.measure(thin, shape), targets)]
-                )
-                for t, ms in zip(targets, measured_steps[-1], strict=True):
-                    if refit := t.refit_if_drifted(pruner.keep_counts(), ms):
-                        self.ui.stage(f"{t.profiler.url}: {refit}")
+                measured_steps.append(measure_now())
+
+        def recheck() -> bool:  # rank 0: a budget that looks out of reach, measured again before it is believed
+            self.ui.stage("the budget looks out of reach: measuring the current model in pairs before believing it")
+            measure_now()
+            return True
 
         interval = self.interval(data.train.sampler.batches_per_epoch)  # type: ignore[attr-defined]
         pruner = HALPPruner(
             self.task.network(model), example, models, self.s.latency_ratio, self.s.steps, interval,
             self.block_sizes(graph), on_step=after_step, ctx=ctx, joint=self.s.joint,
+            allow_minimum=self.s.allow_minimum, recheck=recheck if targets else None,
+            names=[t.profiler.url for t in targets] or None,
         )  # fmt: skip
         for t, goal, full in zip(targets, pruner.target_ms, pruner.full_ms, strict=False):  # rank 0 has targets
             self.ui.stage(
@@ -210,13 +219,13 @@ class PruneRun(Run):
             self.timed(trainer, "prune", "pruning with fine-tuning", checkpoint)
             while not pruner.done:  # a schedule longer than the data: the remaining steps now
                 pruner.prune_now()
-            with pruner.solo():  # rank 0 measures and repairs; the others take its masks after
-                ctx.on_main(
-                    lambda: repair_to_measured_budget(
+            with pruner.solo():  # rank 0 measures, repairs and gives back; the others take its masks after
+                landing = ctx.on_main(
+                    lambda: land_on_budget(
                         pruner, targets, unpruned_onnx, lambda: self.export(pruner.thinned_copy(), deploy),
                         self.s.latency_ratio, shape, self.ui.stage,
                     )  # type: ignore[arg-type]
-                )  # fmt: skip
+                ) or []  # fmt: skip
             pruner.adopt_main()
         pruner.finalize()  # in place: ``model`` (a detector around its network too) is the pruned one
         pruned = model
@@ -227,7 +236,7 @@ class PruneRun(Run):
 
         def checkpoint_finetune(why: str) -> None:
             self.checkpoint(why, phase="finetune", model=pruned, trainer=trainer, pruner=pruner.state_dict(),
-                            measured_steps=measured_steps)  # fmt: skip
+                            measured_steps=measured_steps, landing=landing)  # fmt: skip
 
         self.timed(trainer, "finetune", "fine-tuning the pruned model", checkpoint_finetune)
         sync_buffers(pruned, ctx)
@@ -236,7 +245,7 @@ class PruneRun(Run):
             lambda: self._finish(
                 targets, pruner, pruned, graph, out, quality=(quality_before, quality_after), val=data.val,
                 unpruned_onnx=unpruned_onnx, measured_steps=measured_steps, channels_before=channels_before,
-                example=example, deploy=deploy,
+                example=example, deploy=deploy, landing=landing,
             )  # type: ignore[arg-type]
         )  # fmt: skip
         return reports or []
@@ -244,7 +253,7 @@ class PruneRun(Run):
     def _finish(
         self, targets: list[Target], pruner: HALPPruner, pruned: nn.Module, graph: ModelGraph, out: Path, *,
         quality: tuple[dict, dict], val, unpruned_onnx: bytes, measured_steps: list[list[float]],
-        channels_before: dict, example: torch.Tensor, deploy: torch.Tensor,
+        channels_before: dict, example: torch.Tensor, deploy: torch.Tensor, landing: list[dict],
     ) -> list[TargetReport]:  # fmt: skip
         """Rank 0: the pruned model measured on every target against the unpruned one, and the report."""
         network = self.task.network(pruned)
@@ -258,6 +267,7 @@ class PruneRun(Run):
             reports=reports,
             history=pruner.history,
             measured_steps=measured_steps,
+            landing=landing,
             channels_before=channels_before,
             channels_after={lc.name: (lc.cin, lc.cout) for lc in final_graph.layers},
             model=pruned.cpu(),

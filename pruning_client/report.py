@@ -154,6 +154,7 @@ def write_report(
     world: int = 1,
     training: dict | None = None,
     task: dict | None = None,
+    landing: list[dict] | None = None,
 ) -> Path:
     """Write the run's outputs; ``graph`` notes what was held out of pruning or the latency model,
     ``task`` what the task adds (detection: host post-processing time, the detections plot)."""
@@ -175,6 +176,7 @@ def write_report(
             for name in channels_before
         },
         "staircase": staircase,
+        "landing": landing or [],  # the rounds after the schedule: paired measurements, repair or give-back
         "graph": graph or {},
         "task": {"name": settings.task, **(task or {})},
         "seconds": seconds,
@@ -205,9 +207,9 @@ def _spread(t: dict, when: str) -> str:
 def _latency_model(t: dict) -> str:
     cal = Calibration(t["calibration_a"], t["calibration_b"], kind=t.get("latency_model", "line"),
                       slopes=t.get("calibration_slopes") or {})  # fmt: skip
-    errors = t.get("calibration_residuals") or []
-    worst = f", leave-one-out errors up to {100 * max(abs(e) for e in errors):.1f} %" if errors else ""
-    return f"{cal.describe()}{worst}"
+    errors = np.abs(t.get("calibration_residuals") or [])
+    on = f" on {len(errors)} paired samples: median {100 * np.median(errors):.1f} %, worst {100 * errors.max():.1f} %"
+    return cal.describe() + (f", leave-one-out errors{on}" if len(errors) else "")
 
 
 ROWS = [
@@ -274,6 +276,16 @@ def markdown(body: dict) -> str:
     if graph.get("unmodelled_weight_share", 0) > 0.01:
         share = 100 * graph["unmodelled_weight_share"]
         lines += [f"{share:.0f} % of the weights run outside the conv/linear layers the tables time.", ""]
+    if body.get("landing"):
+        lines += ["## Landing on the budget", "",
+                  "Each round times the pruned model against the unpruned one, interleaved, on every target.", "",
+                  "| round | pruned / unpruned (+- spread) | then |", "|---|---|---|"]  # fmt: skip
+        for i, r in enumerate(body["landing"], 1):
+            measured = ", ".join(
+                f"{m:.3f} (+-{100 * e:.1f} %)" for m, e in zip(r["measured"], r["spread"], strict=True)
+            )
+            lines.append(f"| {i} | {measured} | {r['action']} |")
+        lines.append("")
     lines += ["## Channels per layer", "", "| layer | before (cin, cout) | after (cin, cout) |", "|---|---|---|"]
     for name, c in body["channels"].items():
         lines.append(f"| {name} | {tuple(c['before'])} | {tuple(c['after'])} |")

@@ -21,7 +21,6 @@ from pruning_client.latency import LatencyModel, Needed, Point
 
 T = TypeVar("T")
 ROUNDS = 5  # interleaved measurements per comparison; one ratio alone spread +-4 % on a 2-core VM
-DRIFT = 0.05  # refit a, b when a measured step is this far from the prediction
 
 
 class Profiler(Protocol):
@@ -44,10 +43,41 @@ def parallel(fn: Callable[[T], object], items: Sequence[T]) -> list:
         return list(pool.map(fn, items))
 
 
+def _rounds(profiler: Profiler, models: Sequence[bytes], input_shape: str) -> list[list[MeasureResult]]:
+    """``ROUNDS`` rounds, each timing every model once in turn: per model, its ``ROUNDS`` results."""
+    runs = [[profiler.measure(m, input_shape) for m in models] for _ in range(ROUNDS)]
+    return [list(side) for side in zip(*runs, strict=True)]
+
+
+def _median_run(side: Sequence[MeasureResult]) -> MeasureResult:
+    return sorted(side, key=lambda r: r.median_ms)[len(side) // 2]
+
+
 def interleaved(profiler: Profiler, models: Sequence[bytes], input_shape: str) -> list[MeasureResult]:
     """Each model timed ``ROUNDS`` times in turn, the median run of each: their ratios survive slow drift."""
-    runs = [[profiler.measure(m, input_shape) for m in models] for _ in range(ROUNDS)]
-    return [sorted(side, key=lambda r: r.median_ms)[ROUNDS // 2] for side in zip(*runs, strict=True)]
+    return [_median_run(side) for side in _rounds(profiler, models, input_shape)]
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A candidate timed against the reference in the same rounds: drift between rounds cancels in ``ratio``."""
+
+    ratio: float  # median over the rounds of candidate / reference within a round
+    spread: float  # half the range of the rounds' ratios, relative to ``ratio``: what one comparison can tell
+    reference: MeasureResult  # the median round of each
+    candidate: MeasureResult
+
+
+def paired(profiler: Profiler, reference: bytes, candidates: Sequence[bytes], input_shape: str) -> list[Paired]:
+    """Each candidate's latency as a ratio of the reference's, timed interleaved with it on one target."""
+    sides = _rounds(profiler, [reference, *candidates], input_shape)
+    ref = np.array([r.median_ms for r in sides[0]])
+    out = []
+    for side in sides[1:]:
+        ratios = np.array([r.median_ms for r in side]) / ref
+        median = float(np.median(ratios))
+        out.append(Paired(median, float(np.ptp(ratios)) / 2 / median, _median_run(sides[0]), _median_run(side)))
+    return out
 
 
 @dataclass
@@ -58,29 +88,40 @@ class Target:
     before: MeasureResult | None = None  # the unpruned model, from calibration
 
     def calibrate(self, probes: Sequence[tuple[np.ndarray, bytes]], input_shape: str) -> str | None:
-        """Time the probe configurations (the unpruned model first) and fit the latency model to them.
+        """Time the probe configurations against the unpruned model (the first probe) and fit the
+        latency model to them.
 
-        Samples that define no line (a noise burst) are measured once more; if the fit still fails the
-        prediction is anchored at the measured unpruned model (``calibration.anchored``: what the tables
-        do not time as a fixed cost) and the returned note says so.
+        Every sample is a paired ratio, counted in the unpruned model's milliseconds as measured here
+        (``before``): host drift between measurements cancels. Samples that define no line (a noise
+        burst) are measured once more; if the fit still fails the prediction is anchored at the
+        measured unpruned model (``calibration.anchored``: what the tables do not time as a fixed
+        cost) and the returned note says so.
         """
         self.samples = []
+        (full, reference), rest = probes[0], probes[1:]
         for attempt in range(2):
-            results = interleaved(self.profiler, [onnx for _, onnx in probes], input_shape)
-            self.before = self.before if attempt else results[0]
-            self.samples += [(keep.copy(), r.median_ms) for (keep, _), r in zip(probes, results, strict=True)]
+            pairs = paired(self.profiler, reference, [onnx for _, onnx in rest], input_shape)
+            if not attempt:
+                self.before = pairs[0].reference if pairs else interleaved(self.profiler, [reference], input_shape)[0]
+                self.samples.append((full.copy(), self.before.median_ms))
+            ms = self.before.median_ms
+            self.samples += [(keep.copy(), p.ratio * ms) for (keep, _), p in zip(rest, pairs, strict=True)]
             try:
                 self.latency.calibrate(self.samples)
                 return None
             except CalibrationError as e:
                 error = e
-        table_sum = float(self.latency.table_times(probes[0][0]).sum())  # anchored: every layer at weight 1
+        table_sum = float(self.latency.table_times(full).sum())  # anchored: every layer at weight 1
         cal = self.latency.calibration = anchored(table_sum, self.before.median_ms)
         return (
             f"no line fits the measurements ({error}): predicting through the unpruned model's "
             f"{self.before.median_ms:.3f} ms (a={cal.a:.3f}, b={cal.b:.4f}: the tables' sum, and what they "
             "do not time as a fixed cost)"
         )
+
+    def measure_against(self, unpruned: bytes, candidate: bytes, input_shape: str) -> Paired:
+        """The candidate's paired ratio to the unpruned model on this target."""
+        return paired(self.profiler, unpruned, [candidate], input_shape)[0]
 
     def state_dict(self) -> dict:
         """The calibration and its samples, for a checkpoint (the tables live on the service and in the cache)."""
@@ -95,21 +136,23 @@ class Target:
         self.samples = [(np.asarray(keep), ms) for keep, ms in state["samples"]]
         self.before = MeasureResult(**state["before"]) if state["before"] else None
 
-    def refit_if_drifted(self, keep: np.ndarray, measured_ms: float) -> str | None:
-        """Add a measured step to the samples; refit when the prediction missed it by more than ``DRIFT``.
-
-        Returns what happened, or None when the prediction held. A noise burst can leave samples that
-        define no line (a negative slope was seen mid-run): the previous fit is kept, never the run lost.
-        """
-        self.samples.append((keep.copy(), measured_ms))
-        if abs(self.latency.predict(keep) - measured_ms) <= DRIFT * measured_ms:
-            return None
+    def learn(self, keep: np.ndarray, pair: Paired) -> str:
+        """Add a paired measurement to the samples and refit on all of them (robustly: one outlier
+        moves the line little). A noise burst can leave samples that define no line (a negative
+        slope was seen mid-run): the previous fit is kept, never the run lost."""
+        self.before = self.before or pair.reference  # not calibrated: the first pair's reference is the unit
+        ms = pair.ratio * self.before.median_ms
+        missed = self.latency.predict(keep) / ms - 1
+        self.samples.append((keep.copy(), ms))
+        if self.latency.calibration.kind == "tables":  # --no-calibrate: the tables' sum stays the prediction
+            return f"measured {pair.ratio:.3f} x unpruned (+-{pair.spread:.1%}, predicted {missed:+.1%})"
         previous = self.latency.calibration
         try:
             cal = self.latency.calibrate(self.samples)
         except CalibrationError as e:
             self.latency.calibration = previous
-            return (
-                f"prediction drifted, but the samples define no line ({e}); kept a={previous.a:.3f} b={previous.b:.4f}"
-            )
-        return f"prediction drifted; refit a={cal.a:.3f} b={cal.b:.4f}"
+            return f"measured {pair.ratio:.3f} x unpruned (predicted {missed:+.1%}); no line fits ({e}): kept the fit"
+        return (
+            f"measured {pair.ratio:.3f} x unpruned (+-{pair.spread:.1%}, predicted {missed:+.1%}); "
+            f"refit on {len(self.samples)} samples: {cal.describe()}"
+        )

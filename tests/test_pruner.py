@@ -18,7 +18,7 @@ from pruning_client.graph import ModelGraph, analyse
 from pruning_client.joint import solve_joint_milp
 from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.models import resnet20, resnext50_32x4d
-from pruning_client.pruner import HALPPruner, exponential_budgets
+from pruning_client.pruner import BudgetOutOfReach, HALPPruner, exponential_budgets
 from pruning_client.saliency import magnitude_saliency
 from pruning_client.train import TrainConfig, evaluate, train
 
@@ -85,16 +85,54 @@ def synthetic(model: torch.nn.Module) -> tuple[torch.Tensor, ModelGraph, Latency
     return x, graph, LatencyModel(graph, tables)
 
 
-def test_unreachable_budget_keeps_the_minimum_and_says_so():
+def test_an_unreachable_budget_stops_the_run_after_one_recheck_naming_the_target_and_what_to_change():
     model = resnet20(10)
     x, graph, latency = synthetic(model)
+    checks = []
     # 0.1 % of the total is below the layers' fixed part alone
-    pruner = HALPPruner(model, x, latency, target_ratio=0.001, steps=2, interval=1, block_size=8)
+    pruner = HALPPruner(model, x, latency, target_ratio=0.001, steps=2, interval=1, block_size=8,
+                        recheck=lambda: checks.append(1) or True, names=["http://gpu-a"])  # fmt: skip
+    pruner.prune_now(magnitude_saliency(graph))  # the schedule's first step, at 3 %, is within reach
+    masks = [m.copy() for m in pruner.masks]
+    with pytest.raises(BudgetOutOfReach) as stopped:
+        pruner.prune_now(magnitude_saliency(graph))
+    said = str(stopped.value)
+    assert said.startswith("http://gpu-a: step 2's budget (0.001 x") and "--steps" in said and "--allow-minimum" in said
+    smallest = float(said.split("predicted at ")[1].split(" x")[0])
+    assert 0.001 < smallest < 1
+    assert checks == [1]  # measured again once before it was believed
+    assert len(pruner.history) == 1 and all((m == before).all() for m, before in zip(pruner.masks, masks, strict=True))
+
+
+def test_an_unreachable_budget_keeps_the_minimum_when_asked_and_says_so():
+    model = resnet20(10)
+    x, graph, latency = synthetic(model)
+    pruner = HALPPruner(model, x, latency, target_ratio=0.001, steps=2, interval=1, block_size=8, allow_minimum=True)
     for _ in range(2):
         record = pruner.prune_now(magnitude_saliency(graph))
-    assert not record.met and record.predicted_ms[0] > record.budget_ms[0]
+    assert not record.met and record.predicted_ms[0] > record.budget_ms[0] and "as asked" in record.describe(2)
     assert pruner.keep_counts().tolist() == [1] * len(graph.groups)  # blocks halved down to one channel
     assert model(x).shape == (1, 10)  # masked, still runs
+
+
+def test_a_give_back_step_brings_back_the_channels_that_were_most_salient_when_removed():
+    model = resnet20(10)
+    x, graph, latency = synthetic(model)
+    pruner = HALPPruner(model, x, latency, target_ratio=0.4, steps=1, interval=1, block_size=4)
+    saliency = magnitude_saliency(graph)
+    pruner.prune_now(saliency)
+    before, pruned = pruner.predicted_ms()[0], [~m for m in pruner.masks]
+    budget = 0.7 * pruner.full_ms[0]
+    # as with Taylor saliency, a masked channel scores zero now: only what was recorded at its removal ranks it
+    now = [s * ~p for s, p in zip(saliency, pruned, strict=True)]
+    step = pruner.prune_now(now, budgets=[budget], grow=True)
+    assert step.grew and step.met and before < step.predicted_ms[0] <= budget
+    assert step.describe(1).startswith("give-back step")
+    back = [p & m for p, m in zip(pruned, pruner.masks, strict=True)]
+    assert sum(int(b.sum()) for b in back) > 0
+    for group, b, p in zip(graph.groups, back, pruned, strict=True):
+        if b.any() and group.chunks == 1 and (p & ~b).any():  # the ones back outrank the ones still out
+            assert saliency[group.id][b].min() >= saliency[group.id][p & ~b].max()
 
 
 def test_blocks_get_finer_where_their_floor_keeps_a_budget_out_of_reach():

@@ -62,6 +62,10 @@ def test_prune_writes_a_model_that_meets_the_budget_and_a_report(pruned_run):
     # a CPU service times against its reference layer, and the report says so
     assert target["timing"] == "reference" and "timed against a reference layer" in (out / "report.md").read_text()
     assert len(report["history"]) >= 2 and {h["solver"] for h in report["history"]} <= {"separable", "joint"}
+    # every landing round is reported: paired measurement, spread, and the step it led to (or why none)
+    landing = report["landing"]
+    assert landing and all(len(r["measured"]) == len(r["spread"]) == 1 for r in landing)
+    assert all(r["action"] in {"repair", "give back"} for r in landing[:-1])
     for name in ("model.onnx", "model.pt", "report.md", "latency_steps.png", "channels.png", "staircase.png"):
         assert (out / name).stat().st_size > 0, name
     onnx.checker.check_model(onnx.load(out / "model.onnx"))
@@ -81,8 +85,29 @@ def test_pruned_model_meets_the_budget_measured_side_by_side(pruned_run):
     they drift apart between calibration and the final check, so it is checked on a quiet host."""
     _, out, result = pruned_run
     assert result.returncode == 0, result.stderr
-    (target,) = json.loads((out / "report.json").read_text())["targets"]
+    report = json.loads((out / "report.json").read_text())
+    (target,) = report["targets"]
     assert target["latency_after_ms"] <= 0.7 * target["latency_before_ms"] * 1.05, target
+    # and not far under it, or the report says why (the pairs' spread, another target, the rounds)
+    last = report["landing"][-1]
+    assert last["measured"][0] >= 0.93 * 0.7 or last["action"].startswith("below the band"), report["landing"]
+
+
+@pytest.mark.slow
+def test_a_budget_out_of_reach_stops_the_run_with_one_line_and_keeps_its_checkpoint(shared_services, tmp_path):
+    """Never pruned to the minimum silently: a step whose budget no model the blocks allow can meet
+    (after a paired re-measurement) stops the run, names the target, and keeps the last checkpoint."""
+    service, out = shared_services[0], tmp_path / "run"
+    done = halp(
+        "prune", "--model", "resnet20", "--target", service.url, "--latency-ratio", "0.01", "--steps", "4",
+        "--epochs", "1", "--pretrain-epochs", "0", "--block-size", "16", "--out", str(out),
+        env=cache_env(tmp_path, "cache"),
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    said = done.stderr.strip().splitlines()[-1]
+    assert service.url in said and "is out of reach" in said and "--allow-minimum" in said, said
+    assert "measuring the current model in pairs before believing it" in done.stderr
+    assert (out / "checkpoints" / "last.pt").exists() and not (out / "report.json").exists()
 
 
 def test_prune_mistakes_are_clear_errors(service, tmp_path):

@@ -75,8 +75,10 @@ def run_errors():
     from pruning_client.knapsack import Infeasible
     from pruning_client.layers import GraphError
     from pruning_client.models.registry import ModelError
+    from pruning_client.pruner import BudgetOutOfReach
 
-    return (ProfilerError, ModelError, DataError, GraphError, Infeasible, ValueError, FileNotFoundError)
+    errors = (ProfilerError, ModelError, DataError, GraphError, Infeasible, BudgetOutOfReach)
+    return (*errors, ValueError, FileNotFoundError)
 
 
 @app.command()
@@ -165,6 +167,10 @@ def prune(
         bool, typer.Option(help="fit each target's latency model to measured whole models (else: the tables' sum)")
     ] = True,
     measure_steps: Annotated[bool, typer.Option(help="measure the model on every target after each step")] = True,
+    allow_minimum: Annotated[
+        bool,
+        typer.Option(help="a budget out of reach keeps the smallest model the blocks allow (default: stop the run)"),
+    ] = False,
     block_size: BlockSize = None,
     joint: Joint = "full",
     fixed: Fixed = None,
@@ -202,8 +208,9 @@ def prune(
                     data=data, input_size=input_size, batch=batch, dtype=dtype, steps=steps, epochs=epochs,
                     pretrain_epochs=pretrain_epochs, prune_epochs=prune_epochs, lr=lr, block_size=block_size,
                     joint=joint, per_target=per_target, out=out, token=token, seed=seed, fixed=_modules(fixed),
-                    calibrate=calibrate, measure_steps=measure_steps, train_batch=train_batch, interval=interval,
-                    momentum=momentum, weight_decay=weight_decay, schedule=schedule, warmup=warmup,
+                    calibrate=calibrate, measure_steps=measure_steps, allow_minimum=allow_minimum,
+                    train_batch=train_batch, interval=interval, momentum=momentum, weight_decay=weight_decay,
+                    schedule=schedule, warmup=warmup,
                     label_smoothing=label_smoothing, amp=amp, channels_last=channels_last, workers=workers,
                 )  # fmt: skip
             run = PruneRun(settings, ui if ctx.main else None, ctx, resume=saved)
