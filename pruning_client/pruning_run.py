@@ -24,7 +24,7 @@ from pruning_client.graph import ModelGraph, analyse
 from pruning_client.landing import land_on_budget, side_by_side
 from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.pruner import HALPPruner, PruneStep
-from pruning_client.report import TargetReport, staircase, target_reports, write_report
+from pruning_client.report import TargetReport, quality_warnings, staircase, target_reports, write_report
 from pruning_client.targets import Target, parallel
 from pruning_client.train import Trainer, run_with_progress
 from pruning_client.workflow import Run, input_shape
@@ -268,6 +268,7 @@ class PruneRun(Run):
             history=pruner.history,
             measured_steps=measured_steps,
             landing=landing,
+            warnings=quality_warnings(quality, self.s.max_drop),
             channels_before=channels_before,
             channels_after={lc.name: (lc.cin, lc.cout) for lc in final_graph.layers},
             model=pruned.cpu(),

@@ -155,6 +155,7 @@ def write_report(
     training: dict | None = None,
     task: dict | None = None,
     landing: list[dict] | None = None,
+    warnings: list[str] | None = None,
 ) -> Path:
     """Write the run's outputs; ``graph`` notes what was held out of pruning or the latency model,
     ``task`` what the task adds (detection: host post-processing time, the detections plot)."""
@@ -176,6 +177,7 @@ def write_report(
             for name in channels_before
         },
         "staircase": staircase,
+        "warnings": warnings or [],  # what a person should look at before deploying (quality_warnings)
         "landing": landing or [],  # the rounds after the schedule: paired measurements, repair or give-back
         "graph": graph or {},
         "task": {"name": settings.task, **(task or {})},
@@ -188,6 +190,17 @@ def write_report(
     if staircase:
         plots.chosen_staircase_plot(staircase, out / "staircase.png")
     return out
+
+
+def quality_warnings(quality: tuple[dict[str, float], dict[str, float]], max_drop: float) -> list[str]:
+    """The metrics that fell by more than ``max_drop`` points: pruned too far, or fine-tuned too little."""
+    before, after = quality
+    return [
+        f"{k} fell {before[k] - after[k]:.2f} points ({before[k]:.2f} -> {after[k]:.2f} %), more than --max-drop "
+        f"{max_drop:g}"
+        for k in before
+        if k in after and before[k] - after[k] > max_drop
+    ]
 
 
 def load_report(directory: Path) -> dict:
@@ -254,6 +267,7 @@ def markdown(body: dict) -> str:
         f"Latency ratio {s['latency_ratio']}, batch {s['batch']}, {s['dtype']}, {s['steps']} pruning steps, "
         f"{s['epochs']} fine-tuning epochs; {body['seconds']:.0f} s; {body['created']}.",
         "",
+        *(f"> **warning:** {w}\n" for w in body.get("warnings", [])),
         "| | " + " | ".join(t["target"] for t in body["targets"]) + " |",
         "|---|" + "---|" * len(body["targets"]),
     ]

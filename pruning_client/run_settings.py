@@ -34,6 +34,7 @@ class RunSettings:
     cache_dir: Path | None = None
     fixed: list[str] = field(default_factory=list)  # modules whose output channels are never pruned
     calibrate: bool = True  # fit a, b on measured whole models; False: the tables' sum predicts
+    max_drop: float = 5.0  # the report warns where a quality metric fell by more points than this
     allow_minimum: bool = False  # a budget out of reach keeps the smallest model instead of stopping the run
     # the training recipe (the paper's: SGD, momentum, weight decay, cosine or step decay, warm-up)
     train_batch: int = 64  # per process: the global batch is this times the number of processes

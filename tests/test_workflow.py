@@ -52,6 +52,8 @@ def test_prune_writes_a_model_that_meets_the_budget_and_a_report(pruned_run):
         and target["fingerprint"] == httpx.get(f"{service.url}/device").json()["fingerprint"]
     )
     assert target["accuracy_before"] > 85
+    fell = target["accuracy_before"] - target["accuracy_after"]
+    assert bool(report["warnings"]) == (fell > 5.0), report["warnings"]  # --max-drop's default
     assert target["speedup"] == pytest.approx(target["latency_before_ms"] / target["latency_after_ms"], rel=1e-3)
     assert target["predicted_after_ms"] > 0
     # the latency model used (a fitted line, or through the unpruned model when noise defines none)

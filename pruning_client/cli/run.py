@@ -171,6 +171,9 @@ def prune(
         bool,
         typer.Option(help="a budget out of reach keeps the smallest model the blocks allow (default: stop the run)"),
     ] = False,
+    max_drop: Annotated[
+        float, typer.Option(help="warn in the report where accuracy (or mAP) fell by more points than this")
+    ] = 5.0,
     block_size: BlockSize = None,
     joint: Joint = "full",
     fixed: Fixed = None,
@@ -209,8 +212,8 @@ def prune(
                     pretrain_epochs=pretrain_epochs, prune_epochs=prune_epochs, lr=lr, block_size=block_size,
                     joint=joint, per_target=per_target, out=out, token=token, seed=seed, fixed=_modules(fixed),
                     calibrate=calibrate, measure_steps=measure_steps, allow_minimum=allow_minimum,
-                    train_batch=train_batch, interval=interval, momentum=momentum, weight_decay=weight_decay,
-                    schedule=schedule, warmup=warmup,
+                    max_drop=max_drop, train_batch=train_batch, interval=interval, momentum=momentum,
+                    weight_decay=weight_decay, schedule=schedule, warmup=warmup,
                     label_smoothing=label_smoothing, amp=amp, channels_last=channels_last, workers=workers,
                 )  # fmt: skip
             run = PruneRun(settings, ui if ctx.main else None, ctx, resume=saved)
@@ -228,6 +231,8 @@ def _print_report(directory: Path) -> None:
     from pruning_client.report import load_report, rows
 
     body = load_report(directory)
+    for warning in body.get("warnings", []):
+        console.print(f"[bold yellow]warning:[/] {warning}")
     grid = Table("", *(t["target"] for t in body["targets"]), title=f"HALP report: {directory}")
     for label, cells in rows(body["targets"]):
         grid.add_row(label, *(c or "-" for c in cells))
