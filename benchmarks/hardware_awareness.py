@@ -48,7 +48,8 @@ def taylor(model, graph, loader) -> list[np.ndarray]:
 
 
 def knapsack_choice(model, x, latency_model, importance, ratio, block) -> np.ndarray:
-    pruner = HALPPruner(model, x, latency_model, ratio, steps=1, interval=1, block_size=block)
+    # a scan over budgets wants the smallest model where one is out of reach, not a stop
+    pruner = HALPPruner(model, x, latency_model, ratio, steps=1, interval=1, block_size=block, allow_minimum=True)
     pruner.prune_now(importance)
     pruner.remove_masks()  # only the choice is wanted here
     return pruner.keep_counts()

@@ -97,8 +97,11 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
         unit = float(np.abs(y).max()) or 1.0  # in units of the largest sample: the solver's tolerances are absolute
         huber = HuberRegressor(epsilon=HUBER_EPSILON, alpha=0.0, max_iter=1000, tol=1e-10)
-        huber.fit(x[:, None] / unit, y / unit)
-        a, b = float(huber.coef_[0]), float(huber.intercept_) * unit
+        try:
+            huber.fit(x[:, None] / unit, y / unit)
+            a, b = float(huber.coef_[0]), float(huber.intercept_) * unit
+        except ValueError:  # l-BFGS-b stopped abnormally (seen on samples nearly on one line): least squares
+            a, b = np.polyfit(x, y, 1)
     if a <= 0:
         raise CalibrationError(f"calibration gave a non-positive slope a={a:.3g}: measurements are too noisy")
     return float(a), float(b)

@@ -221,8 +221,10 @@ def _latency_model(t: dict) -> str:
     cal = Calibration(t["calibration_a"], t["calibration_b"], kind=t.get("latency_model", "line"),
                       slopes=t.get("calibration_slopes") or {})  # fmt: skip
     errors = np.abs(t.get("calibration_residuals") or [])
-    on = f" on {len(errors)} paired samples: median {100 * np.median(errors):.1f} %, worst {100 * errors.max():.1f} %"
-    return cal.describe() + (f", leave-one-out errors{on}" if len(errors) else "")
+    if not len(errors):
+        return cal.describe()
+    on = f"{len(errors)} paired samples: median {100 * np.median(errors):.1f} %, worst {100 * errors.max():.1f} %"
+    return f"{cal.describe()}, leave-one-out errors on {on}"
 
 
 ROWS = [

@@ -23,6 +23,7 @@ ON_SHARED_SERVICE = {
     "hardware_awareness",
     "distributed",
     "detection",
+    "peers",
 }  # profiling_cost counts what it measures
 
 
@@ -153,6 +154,19 @@ def check_detection(body: dict) -> None:
     assert run["halp"]["map50_before"] == run["flops"]["map50_before"]
 
 
+PEERS = ("halp", "paper_dp", "flops", "uniform", "torch_pruning", "scratch")  # SPEC 7.4's arms
+
+
+def check_peers(body: dict) -> None:
+    ((ratio, runs),) = body["runs"].items()
+    (run,) = runs
+    for arm in PEERS:  # every arm pruned, measured in pairs on the service and trained alike
+        assert 0 < run[arm]["measured_ratio"] < 1 and 0 <= run[arm]["accuracy"] <= 100, (arm, run[arm])
+        assert run[arm]["parameters"] < 272_474, arm  # fewer than the unpruned ResNet-20's
+    assert run["scratch"]["measured_ratio"] == run["uniform"]["measured_ratio"]  # the same architecture
+    assert set(body["summary"][ratio]) == set(PEERS)
+
+
 def check_profiling_cost(body: dict) -> None:
     assert body["points_measured"] > 0 and body["recheck_points"] > 0 and body["seconds"] > 0
     assert all(ms > 0 for ms in body["reference_ms"])  # a CPU service times against its reference
@@ -173,6 +187,7 @@ def check_profiling_cost(body: dict) -> None:
         ("profiling_cost", check_profiling_cost),
         ("distributed", check_distributed),
         ("detection", check_detection),
+        ("peers", check_peers),
     ],
 )
 def test_quick_benchmark_writes_results(script, check, tmp_path, request):
