@@ -8,6 +8,9 @@ every target in pairs, adds the pairs to the calibration samples (refit on all
 of them), then takes one step: a repair step aimed under the budget where a
 target measures over it, a give-back step (pruned channels brought back) where
 every target measures below the band by more than the pairs' own spread.
+A repair the smallest model cannot meet ends the landing with the model as it is, over budget and
+said so in the report: at the end of a run, throwing the trained model away (or cutting it to the
+floor) on a measurement the pairs' spread may explain helps nobody.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from pruning_client.pruner import HALPPruner
+from pruning_client.pruner import BudgetOutOfReach, HALPPruner
 from pruning_client.targets import Paired, Target, interleaved, parallel
 
 MAX_ROUNDS = 5
@@ -80,7 +83,12 @@ def land_on_budget(
         budgets = [p * f for p, f in zip(pruner.predicted_ms(), scale, strict=True)]
         rounds.append(Round(measured, spread, action, budgets))
         stage(f"landing round {i + 1}: {rounds[-1].describe(r)} to " + ", ".join(f"{b:.3f}" for b in budgets) + " ms")
-        pruner.prune_now(budgets=budgets, grow=action == "give back")
+        try:
+            pruner.prune_now(budgets=budgets, grow=action == "give back")
+        except BudgetOutOfReach as e:  # the trained model is kept and reported over budget, not cut to the floor
+            rounds[-1].action = f"repair out of reach, model kept as it is: {e}"
+            stage(f"landing round {i + 1}: {rounds[-1].action}")
+            break
     return [asdict(x) for x in rounds]
 
 
