@@ -90,21 +90,25 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     intercept alone filled the budget)."""
     if len(x) < 2 or np.ptp(x) <= 1e-9 * x.max():
         raise CalibrationError("calibration needs measurements of at least two different configurations")
-    if len(x) == 2:
+    a, b = _huber(x, y) if len(x) > 2 else (None, None)
+    if a is None:  # two samples, or the robust solver gave up: least squares
         a, b = np.polyfit(x, y, 1)
-    else:
-        from sklearn.linear_model import HuberRegressor  # 1.7 s to import: only where a line is fitted
-
-        unit = float(np.abs(y).max()) or 1.0  # in units of the largest sample: the solver's tolerances are absolute
-        huber = HuberRegressor(epsilon=HUBER_EPSILON, alpha=0.0, max_iter=1000, tol=1e-10)
-        try:
-            huber.fit(x[:, None] / unit, y / unit)
-            a, b = float(huber.coef_[0]), float(huber.intercept_) * unit
-        except ValueError:  # l-BFGS-b stopped abnormally (seen on samples nearly on one line): least squares
-            a, b = np.polyfit(x, y, 1)
     if a <= 0:
         raise CalibrationError(f"calibration gave a non-positive slope a={a:.3g}: measurements are too noisy")
     return float(a), float(b)
+
+
+def _huber(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
+    """The Huber line, or (None, None) where l-BFGS-b stops abnormally (seen once on a CI host)."""
+    from sklearn.linear_model import HuberRegressor  # 1.7 s to import: only where a line is fitted
+
+    unit = float(np.abs(y).max()) or 1.0  # in units of the largest sample: the solver's tolerances are absolute
+    huber = HuberRegressor(epsilon=HUBER_EPSILON, alpha=0.0, max_iter=1000, tol=1e-10)
+    try:
+        huber.fit(x[:, None] / unit, y / unit)
+    except ValueError:
+        return None, None
+    return float(huber.coef_[0]), float(huber.intercept_) * unit
 
 
 def _fit_columns(x: np.ndarray, y: np.ndarray, per_kind: bool) -> tuple[np.ndarray, float]:

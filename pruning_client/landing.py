@@ -22,7 +22,7 @@ from pruning_client.pruner import BudgetOutOfReach, HALPPruner
 from pruning_client.targets import Paired, Target, interleaved, parallel
 
 MAX_ROUNDS = 5
-LOW, HIGH = 0.93, 1.0  # the band: final measured ratio within [LOW r, HIGH r]
+LOW = 0.93  # the band: final measured ratio within [LOW r, r]
 AIM = 0.965  # where a correction aims, as a fraction of r: the band's middle
 OVER = 0.99  # a measured ratio over OVER r is repaired (the final comparison's spread stays under r)
 
@@ -38,7 +38,7 @@ class Round:
 
     measured: list[float]  # per target: pruned / unpruned, paired
     spread: list[float]  # per target: the pairs' half range, relative
-    action: str  # "landed", "repair", "give back", "stop: ..." (why no step was taken)
+    action: str  # "repair", "give back", or why no step was taken ("landed", "below the band on ...")
     budgets_ms: list[float] | None = None  # the step's budgets, in predicted ms
 
     def describe(self, ratio: float) -> str:
@@ -56,7 +56,7 @@ def land_on_budget(
     stage: Callable[[str], None],
 ) -> list[dict]:
     """Rounds of paired measurement and one correcting step, until every target measures within
-    [LOW r, HIGH r] (or below it by no more than its pairs can tell), or ``MAX_ROUNDS``; the rounds,
+    [LOW r, r] (or below it by no more than its pairs can tell), or ``MAX_ROUNDS``; the rounds,
     for the report. ``export`` gives the pruner's current model as ONNX in the deployment dtype.
 
     A give-back step is taken only while rounds remain to measure it and repair it if it went over.

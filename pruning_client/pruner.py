@@ -88,7 +88,7 @@ class HALPPruner:
         ctx: Context | None = None,
         joint: str = "full",
         allow_minimum: bool = False,
-        recheck: Callable[[], bool] | None = None,
+        recheck: Callable[[], None] | None = None,
         names: Sequence[str] | None = None,
     ) -> None:
         self.models = [latency_model] if isinstance(latency_model, LatencyModel) else list(latency_model)
@@ -111,8 +111,8 @@ class HALPPruner:
         self.min_keep_blocks, self.on_step = min_keep_blocks, on_step  # on_step(record) after every step
         self.ctx = ctx or Context()
         self.joint = joint
-        # a budget out of reach: ``recheck()`` (rank 0) may re-measure and refit, True if it did; then
-        # the minimum is kept only if ``allow_minimum``, else ``BudgetOutOfReach`` stops the run
+        # a budget out of reach: ``recheck()`` (rank 0) re-measures and refits, and the step is solved
+        # again; then the minimum is kept only if ``allow_minimum``, else ``BudgetOutOfReach`` stops the run
         self.allow_minimum, self.recheck = allow_minimum, recheck
         self.names = list(names) if names else [f"target {i}" for i in range(len(self.models))]
         self.saliency = TaylorSaliency(self.graph)
@@ -194,7 +194,8 @@ class HALPPruner:
         if budgets is None:
             budgets = [b[len(self.history)] for b in self.budgets]
         record, masks = self._solve_step(importance, budgets, grow)
-        if not record.met and self.recheck is not None and self.recheck():
+        if not record.met and self.recheck is not None:
+            self.recheck()
             record, masks = self._solve_step(importance, budgets, grow)
         if not record.met and not self.allow_minimum:
             i = next(i for i, (p, b) in enumerate(zip(record.predicted_ms, budgets, strict=True)) if p > b)

@@ -181,13 +181,12 @@ class PruneRun(Run):
 
         def after_step(record: PruneStep) -> None:  # rank 0 only
             self.ui.stage(record.describe(self.s.steps))
-            if self.s.measure_steps:
+            if self.s.measure_steps and record.step <= self.s.steps:  # landing rounds measure their own steps
                 measured_steps.append(measure_now())
 
-        def recheck() -> bool:  # rank 0: a budget that looks out of reach, measured again before it is believed
+        def recheck() -> None:  # rank 0: a budget that looks out of reach, measured again before it is believed
             self.ui.stage("the budget looks out of reach: measuring the current model in pairs before believing it")
             measure_now()
-            return True
 
         interval = self.interval(data.train.sampler.batches_per_epoch)  # type: ignore[attr-defined]
         pruner = HALPPruner(
