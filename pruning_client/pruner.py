@@ -88,7 +88,7 @@ class HALPPruner:
         ctx: Context | None = None,
         joint: str = "full",
         allow_minimum: bool = False,
-        recheck: Callable[[], None] | None = None,
+        recheck: Callable[[list[np.ndarray]], None] | None = None,
         names: Sequence[str] | None = None,
     ) -> None:
         self.models = [latency_model] if isinstance(latency_model, LatencyModel) else list(latency_model)
@@ -111,8 +111,9 @@ class HALPPruner:
         self.min_keep_blocks, self.on_step = min_keep_blocks, on_step  # on_step(record) after every step
         self.ctx = ctx or Context()
         self.joint = joint
-        # a budget out of reach: ``recheck()`` (rank 0) re-measures and refits, and the step is solved
-        # again; then the minimum is kept only if ``allow_minimum``, else ``BudgetOutOfReach`` stops the run
+        # a budget out of reach: ``recheck(masks)`` (rank 0) measures the smallest model the blocks allow
+        # (those masks) and refits, and the step is solved again; then the minimum is kept only if
+        # ``allow_minimum``, else ``BudgetOutOfReach`` stops the run
         self.allow_minimum, self.recheck = allow_minimum, recheck
         self.names = list(names) if names else [f"target {i}" for i in range(len(self.models))]
         self.saliency = TaylorSaliency(self.graph)
@@ -132,8 +133,8 @@ class HALPPruner:
         self._removed = [np.zeros(g.size) for g in self.graph.groups]
 
     # --- state -----------------------------------------------------------------------------
-    def keep_counts(self) -> np.ndarray:
-        return np.array([int(m.sum()) for m in self.masks], dtype=np.int64)
+    def keep_counts(self, masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        return np.array([int(m.sum()) for m in (self.masks if masks is None else masks)], dtype=np.int64)
 
     @property
     def done(self) -> bool:
@@ -195,7 +196,7 @@ class HALPPruner:
             budgets = [b[len(self.history)] for b in self.budgets]
         record, masks = self._solve_step(importance, budgets, grow)
         if not record.met and self.recheck is not None:
-            self.recheck()
+            self.recheck(masks)
             record, masks = self._solve_step(importance, budgets, grow)
         if not record.met and not self.allow_minimum:
             i = next(i for i, (p, b) in enumerate(zip(record.predicted_ms, budgets, strict=True)) if p > b)
@@ -465,11 +466,12 @@ class HALPPruner:
         """Detach the mask hooks from the model (the masks stay recorded here)."""
         self._hooks.remove()
 
-    def thinned_copy(self) -> nn.Module:
-        """A physically pruned deep copy of the current state (for end-to-end measurement)."""
+    def thinned_copy(self, masks: Sequence[np.ndarray] | None = None) -> nn.Module:
+        """A physically pruned deep copy of the current state, or of ``masks`` (for end-to-end measurement)."""
+        masks = self.masks if masks is None else masks
         self.remove_masks()
         try:
-            keep = {g.root: np.flatnonzero(m) for g, m in zip(self.graph.groups, self.masks, strict=True)}
+            keep = {g.root: np.flatnonzero(m) for g, m in zip(self.graph.groups, masks, strict=True)}
             return pruned_copy(self.model, self.example_inputs, keep, ignored_layers=self.graph.fixed_layers)
         finally:
             if self.history:

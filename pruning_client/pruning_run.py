@@ -14,6 +14,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -172,8 +173,9 @@ class PruneRun(Run):
         measured_steps: list[list[float]] = saved["measured_steps"] if saved else []
         landing: list[dict] = saved.get("landing", []) if saved else []
 
-        def measure_now() -> list[float]:  # rank 0: the current model against the unpruned one on every target
-            thin, keep = self.export(pruner.thinned_copy(), deploy), pruner.keep_counts()
+        def measure_now(masks: list[np.ndarray] | None = None) -> list[float]:
+            """Rank 0: the current model (or ``masks``' one) against the unpruned one on every target."""
+            thin, keep = self.export(pruner.thinned_copy(masks), deploy), pruner.keep_counts(masks)
             pairs = parallel(lambda t: t.measure_against(unpruned_onnx, thin, shape), targets)
             for t, pair in zip(targets, pairs, strict=True):
                 self.ui.stage(f"{t.profiler.url}: {t.learn(keep, pair)}")
@@ -184,9 +186,11 @@ class PruneRun(Run):
             if self.s.measure_steps and record.step <= self.s.steps:  # landing rounds measure their own steps
                 measured_steps.append(measure_now())
 
-        def recheck() -> None:  # rank 0: a budget that looks out of reach, measured again before it is believed
-            self.ui.stage("the budget looks out of reach: measuring the current model in pairs before believing it")
-            measure_now()
+        def recheck(smallest: list[np.ndarray]) -> None:
+            """Rank 0: a budget that looks out of reach is believed only once the smallest model the blocks
+            allow is measured: the line's far end, where an intercept fitted on noise misleads most."""
+            self.ui.stage("the budget looks out of reach: measuring the smallest model the blocks allow, in pairs")
+            measure_now(smallest)
 
         interval = self.interval(data.train.sampler.batches_per_epoch)  # type: ignore[attr-defined]
         pruner = HALPPruner(
