@@ -144,7 +144,10 @@ def search(build: Callable[[float], nn.Module], measure: Measured, goal: float, 
     return best
 
 
-def run_seed(seed: int, target: RemoteTarget, ratio: float, epochs: int, finetune: int, copies: int, steps: int):
+def run_seed(
+    seed: int, target: RemoteTarget, ratios: list[float], epochs: int, finetune: int, copies: int, steps: int
+) -> dict[float, dict]:
+    """One pretrained model, its saliency and calibration per seed, shared by every ratio's arms."""
     torch.manual_seed(seed)
     data = cluttered_digits(seed, copies)
     model = resnet20(10)
@@ -206,26 +209,31 @@ def run_seed(seed: int, target: RemoteTarget, ratio: float, epochs: int, finetun
         "uniform": lambda k: by_saliency(uniform_keep(k)),
         "torch_pruning": torch_pruning,
     }
-    results = {"seed": seed, "accuracy_unpruned": base, "block": block}
-    knob, halp, goal = search(builders["halp"], measure, AIM * ratio, (1 - LOW) / 2, steps)
-    chosen = {"halp": (knob, halp, goal)}
-    for name in ARMS[1:-1]:
-        chosen[name] = search(builders[name], measure, goal, MATCH, steps)
-    scratch = copy.deepcopy(chosen["uniform"][1])
-    for m in scratch.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-    chosen["scratch"] = (chosen["uniform"][0], scratch, chosen["uniform"][2])
-    for name, (knob, pruned, measured) in chosen.items():
-        if name == "scratch":
-            train(pruned, data.train, TrainConfig(epochs=epochs + finetune, lr=0.1, warmup=0.05))
-        else:
-            train(pruned, data.train, TrainConfig(epochs=finetune, lr=0.02))
-        results[name] = {"knob": knob, "measured_ratio": measured, "accuracy": evaluate(pruned, data.val),
-                         "parameters": sum(p.numel() for p in pruned.parameters())}  # fmt: skip
-        print(f"seed {seed} {name:13s}: knob {knob:.3f}, measured ratio {measured:.3f}, "
-              f"accuracy {results[name]['accuracy']:.2f} %")  # fmt: skip
-    return results
+
+    def compare(ratio: float) -> dict:
+        """Every arm at one ratio: halp searched into [LOW r, r] measured, the others to halp's measured ratio."""
+        results = {"seed": seed, "accuracy_unpruned": base, "block": block}
+        knob, halp, goal = search(builders["halp"], measure, AIM * ratio, (1 - LOW) / 2, steps)
+        chosen = {"halp": (knob, halp, goal)}
+        for name in ARMS[1:-1]:
+            chosen[name] = search(builders[name], measure, goal, MATCH, steps)
+        scratch = copy.deepcopy(chosen["uniform"][1])
+        for m in scratch.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        chosen["scratch"] = (chosen["uniform"][0], scratch, chosen["uniform"][2])
+        for name, (knob, pruned, measured) in chosen.items():
+            if name == "scratch":
+                train(pruned, data.train, TrainConfig(epochs=epochs + finetune, lr=0.1, warmup=0.05))
+            else:
+                train(pruned, data.train, TrainConfig(epochs=finetune, lr=0.02))
+            results[name] = {"knob": knob, "measured_ratio": measured, "accuracy": evaluate(pruned, data.val),
+                             "parameters": sum(p.numel() for p in pruned.parameters())}  # fmt: skip
+            print(f"seed {seed} r {ratio:g} {name:13s}: knob {knob:.3f}, measured ratio {measured:.3f}, "
+                  f"accuracy {results[name]['accuracy']:.2f} %")  # fmt: skip
+        return results
+
+    return {r: compare(r) for r in ratios}
 
 
 def main() -> None:
@@ -240,12 +248,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         with profiler_url(args, Path(tmp) / "service") as url, ProfilerClient(url) as client:
             target = RemoteTarget(client, TableCache(Path(tmp) / "cache"))
-            runs = {r: [run_seed(s, target, r, epochs, finetune, copies, steps) for s in seeds] for r in ratios}
+            by_seed = [run_seed(s, target, ratios, epochs, finetune, copies, steps) for s in seeds]
+    runs = {r: [seed[r] for seed in by_seed] for r in ratios}
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+
+    # per arm: its measured ratio and accuracy, and halp's accuracy lead over it seed by seed (paired)
     summary = {
         f"{r:g}": {
-            arm: {metric: {"mean": float(np.mean([x[arm][metric] for x in rs])),
-                           "std": float(np.std([x[arm][metric] for x in rs]))}
-                  for metric in ("measured_ratio", "accuracy")}
+            arm: {"measured_ratio": spread([x[arm]["measured_ratio"] for x in rs]),
+                  "accuracy": spread([x[arm]["accuracy"] for x in rs]),
+                  "halp_lead": spread([x["halp"]["accuracy"] - x[arm]["accuracy"] for x in rs])}
             for arm in ARMS
         }
         for r, rs in runs.items()
