@@ -13,6 +13,7 @@ from profiler_service import store
 from profiler_service.db import open_store, session_factory
 from profiler_service.errors import install_error_handlers
 from profiler_service.jobs import JobManager
+from profiler_service.limits import BodyLimit
 from profiler_service.measurer import Measurer
 from profiler_service.metrics import Metrics
 from profiler_service.routes import device, jobs, lut, measure
@@ -117,5 +118,8 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
     install_error_handlers(app)
     for module in (device, lut, jobs, measure):
         app.include_router(module.router)
-    app.add_middleware(_RequestMetrics, metrics=metrics)
+    upload = (settings.max_upload_bytes, "HALP_MAX_UPLOAD_BYTES")
+    body = (settings.max_body_bytes, "HALP_MAX_BODY_BYTES")
+    app.add_middleware(BodyLimit, limit_for=lambda path: upload if path == "/measure" else body)
+    app.add_middleware(_RequestMetrics, metrics=metrics)  # outermost: a refused body is counted and logged too
     return app

@@ -31,7 +31,10 @@ class Settings(BaseSettings):
     device_index: int = Field(0, ge=0, le=63, description="GPU backends: which GPU (one service per GPU)")
     api_token: SecretStr | None = Field(None, description="bearer token required on writes; empty means none")
     protect_reads: bool = Field(False, description="require the token on reads and /metrics too")
-    max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1, description="body cap of POST /measure (a model)")
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="body cap of every other request (10,000 points of POST /lut fit in 0.2 MiB)"
+    )
     memory_fraction: float = Field(0.5, gt=0, le=1, description="share of device memory one point may use")
     timing_max_ms: float = Field(3000.0, gt=0, description="wall-time cap of one measurement")
     timing_rel_tol: float = Field(0.01, gt=0, lt=1, description="median stability to stop timing")

@@ -243,13 +243,15 @@ def test_empty_token_setting_means_no_token(monkeypatch):
     assert Settings().api_token is None
 
 
-def first_answer(svc: ServiceProcess, headers: bytes) -> bytes:
-    """Announce a large multipart upload, send only its first bytes, and read what comes back."""
+def first_answer(svc: ServiceProcess, headers: bytes, path: bytes = b"/measure") -> bytes:
+    """Announce a large body (a multipart upload to /measure, JSON elsewhere), send only its first
+    bytes, and read what comes back: a service that waits for the rest times this out."""
+    kind, start = (
+        (b"multipart/form-data; boundary=b", b"--b\r\n") if path == b"/measure" else (b"application/json", b"{")
+    )
     with socket.create_connection(("127.0.0.1", svc.port), timeout=5) as s:
         s.sendall(
-            b"POST /measure HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            + headers
-            + b"\r\n--b\r\n"
+            b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: " + kind + b"\r\n" + headers + b"\r\n" + start
         )
         return s.recv(4096)
 
@@ -263,6 +265,34 @@ def test_unauthenticated_upload_is_refused_on_its_headers(svc):
 def test_oversized_upload_is_refused_on_its_headers(svc):
     answer = first_answer(svc, f"Authorization: Bearer {TOKEN}\r\nContent-Length: 999999999999\r\n".encode())
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def test_an_unauthenticated_table_request_is_refused_on_its_headers(svc):
+    """POST /lut used to read and parse the whole JSON body before its token check ran (64 MiB were read
+    in full, then answered 401): a body under the cap is refused before it is sent, one over it too."""
+    for length, status in ((500_000, b"401"), (64 * 2**20, b"413")):
+        answer = first_answer(svc, f"Content-Length: {length}\r\n".encode(), f"/lut/{SMALL}".encode())
+        assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+
+
+def test_a_table_request_over_the_body_cap_is_refused_on_its_headers(svc):
+    answer = first_answer(
+        svc, f"Authorization: Bearer {TOKEN}\r\nContent-Length: 2000000\r\n".encode(), f"/lut/{SMALL}".encode()
+    )
+    assert answer.startswith(b"HTTP/1.1 413") and b"HALP_MAX_BODY_BYTES" in answer, answer[:300]
+
+
+def test_a_chunked_body_is_stopped_at_the_cap(client):
+    """No Content-Length to refuse on: the body is counted as it arrives and cut at 1 MiB."""
+    r = client.post(
+        f"/lut/{SMALL}", content=iter([b"[" + b"1," * 2**19] * 4), headers={"Content-Type": "application/json"}
+    )
+    assert_problem(r, 413, "HALP_MAX_BODY_BYTES")
+
+
+def test_a_table_request_body_is_still_validated(client):
+    assert_problem(client.post(f"/lut/{SMALL}", content=b"{not json"), 422, "body")
+    assert_problem(client.post(f"/lut/{SMALL}", json={"cin": [True], "cout": [4]}), 422, "body.cin")
 
 
 def test_metrics_follow_protect_reads(make_service):

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from profiler_service.auth import require_read, require_write
 from profiler_service.errors import InvalidInput
 from profiler_service.schemas import CHANNELS_SYNTAX, JobStatus, LutRequest, LutSummary, LutTable, parse_channels
-from profiler_service.shapes import parse_shape
+from profiler_service.shapes import LayerShape, parse_shape
 from profiler_service.state import ServiceState, service
 from profiler_service.tables import check_request, requested_pairs
 
@@ -38,20 +40,39 @@ async def get_lut(
     return Response(data, media_type="application/json")
 
 
+async def _lut_request(request: Request) -> LutRequest:
+    """The body, read only now: after the token check (FastAPI parses a declared body parameter before
+    any dependency runs) and under ``HALP_MAX_BODY_BYTES`` (``limits.BodyLimit``)."""
+    try:
+        return LutRequest.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        ) from None
+
+
 @router.post(
     "/lut/{shape}",
     response_model=LutTable,
     responses={202: {"model": JobStatus, "description": "measuring; poll the Location"}},
     dependencies=[Depends(require_write)],
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": LutRequest.model_json_schema()}}}
+    },
 )
-def post_lut(shape: str, body: LutRequest, response: Response, svc: ServiceState = Depends(service)):
+async def post_lut(shape: str, request: Request, svc: ServiceState = Depends(service)) -> Response:
     """Measure the points not yet stored; 200 with the table when nothing is missing."""
-    layer = parse_shape(shape)
+    layer, body = parse_shape(shape), await _lut_request(request)
+    return await run_in_threadpool(_submit, svc, layer, body)
+
+
+def _submit(svc: ServiceState, layer: LayerShape, body: LutRequest) -> Response:
     pairs = requested_pairs(layer, body)
     check_request(layer, pairs, svc.device, svc.settings, svc.gpu)
     submitted = svc.jobs.submit(layer, pairs)
     if submitted.job is None:
-        return svc.tables.read(layer, sorted({c for c, _ in pairs}), sorted({c for _, c in pairs}))
+        table = svc.tables.read(layer, sorted({c for c, _ in pairs}), sorted({c for _, c in pairs}))
+        return Response(table.model_dump_json(), media_type="application/json")
     return JSONResponse(submitted.job.model_dump(), status_code=202, headers={"Location": f"/jobs/{submitted.job.id}"})
 
 

@@ -13,7 +13,6 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
@@ -22,7 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from profiler_service.auth import require_write
-from profiler_service.errors import InvalidInput, UploadTooLarge
+from profiler_service.errors import InvalidInput
 from profiler_service.schemas import FIRST_INPUT, MeasureResult
 from profiler_service.state import ServiceState, service
 
@@ -76,23 +75,12 @@ def _dim(value: object) -> int:
     return int(value)
 
 
-async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    seen = 0
-    async for chunk in stream:
-        seen += len(chunk)
-        if seen > limit:
-            raise UploadTooLarge(f"request body over {limit} bytes (HALP_MAX_UPLOAD_BYTES)")
-        yield chunk
-
-
-async def _receive_upload(request: Request, limit: int) -> tuple[Path, str | None]:
-    """The model, spooled to a temporary file the caller deletes, and the input_shape field."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise UploadTooLarge(f"request body of {length} bytes; at most {limit} (HALP_MAX_UPLOAD_BYTES)")
+async def _receive_upload(request: Request) -> tuple[Path, str | None]:
+    """The model, spooled to a temporary file the caller deletes, and the input_shape field (the body's
+    size is capped below the route, ``limits.BodyLimit``)."""
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise InvalidInput("send the model as multipart/form-data with a 'model' file part")
-    parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1, max_fields=1)
+    parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=1)
     try:
         form = await parser.parse()
     except MultiPartException as e:
@@ -116,7 +104,7 @@ async def _receive_upload(request: Request, limit: int) -> tuple[Path, str | Non
 )
 async def measure_model(request: Request, svc: ServiceState = Depends(service)) -> MeasureResult:
     """End-to-end latency of a whole ONNX model on this device, to validate predictions."""
-    path, input_shape = await _receive_upload(request, svc.settings.max_upload_bytes)
+    path, input_shape = await _receive_upload(request)
     try:
         shapes = parse_input_shapes(input_shape, svc.settings.max_input_elements)
         stats, resolved = await run_in_threadpool(svc.measurer.model, path, shapes)
