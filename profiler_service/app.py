@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
             # this store's tables count the reference as the service that created it measured it
             info = DeviceInfo(**worker.pin_reference(stored_reference, settings.point_deadline_s))
         measurer = Measurer(worker, metrics, settings.point_deadline_s, settings.measure_wait_s)
-        tables = TableReader(sessions, device_id, info)
+        tables = TableReader(sessions, device_id, info, settings.table_cache_mb * 2**20)
         manager = JobManager(
             sessions, measurer, device_id, metrics, on_point=tables.invalidate,
             deadline_s=settings.job_deadline_s, max_active=settings.max_active_jobs,

@@ -23,10 +23,12 @@ CHANNELS_SYNTAX = "comma list and/or ranges: 8,16,32 or 8..128 or 8..128:8 (step
 def parse_channels(text: str) -> list[int]:
     """Parse a channel selection such as ``8,16`` or ``8..128:8`` into sorted unique counts.
 
-    Bounds are checked on the numbers before any range is expanded, so a
-    selection costs at most ``MAX_CHANNELS`` integers whatever it says.
+    Bounds are checked on the numbers before any range is expanded, and the
+    counts named add up to ``MAX_CHANNELS`` at most, so a selection costs at
+    most that many integers whatever it says (it is parsed on the event loop).
     """
     values: set[int] = set()
+    named = 0
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
@@ -44,7 +46,11 @@ def parse_channels(text: str) -> list[int]:
             raise ValueError(f"bad channel selection {part!r}; use {CHANNELS_SYNTAX}") from None
         if not (1 <= lo and hi <= MAX_CHANNELS):
             raise ValueError(f"channel counts must lie in 1..{MAX_CHANNELS}, got {part!r}")
-        values.update(range(lo, hi + 1, stride))
+        counts = range(lo, hi + 1, stride)
+        named += len(counts)  # overlaps counted too: 1,800 parts of 1..65536 would be 118 M integers
+        if named > MAX_CHANNELS:
+            raise ValueError(f"the selection names over {MAX_CHANNELS} channel counts; name each at most once")
+        values.update(counts)
     if not values:
         raise ValueError(f"empty channel selection; use {CHANNELS_SYNTAX}")
     return sorted(values)

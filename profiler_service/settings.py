@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, description="body cap of every other request (10,000 points of POST /lut fit in 0.2 MiB)"
     )
+    table_cache_mb: int = Field(64, ge=1, description="memory for GET /lut answers kept ready (least recent out)")
     memory_fraction: float = Field(0.5, gt=0, le=1, description="share of device memory one point may use")
     timing_max_ms: float = Field(3000.0, gt=0, description="wall-time cap of one measurement")
     timing_rel_tol: float = Field(0.01, gt=0, lt=1, description="median stability to stop timing")

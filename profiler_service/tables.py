@@ -15,6 +15,37 @@ from profiler_service.shapes import MAX_POINTS_PER_REQUEST, LayerShape
 from profiler_service.timing import MIN_TIMED_RUNS
 
 
+class AnswerCache:
+    """LRU of encoded answers bounded in bytes, not entries: one selection's answer can be megabytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._entries: OrderedDict[tuple, tuple[int, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, version: int) -> bytes | None:
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit[0] != version:
+                return None
+            self._entries.move_to_end(key)
+            return hit[1]
+
+    def put(self, key: tuple, version: int, data: bytes) -> None:
+        if len(data) > self.max_bytes // 4:  # an answer that would push out most others is served, not kept
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            self.bytes += len(data) - (len(old[1]) if old else 0)
+            self._entries[key] = (version, data)
+            while self.bytes > self.max_bytes:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self.bytes -= len(evicted)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class TableReader:
     """Reads tables, keeping each answer's JSON until a point of its shape is added.
 
@@ -24,12 +55,10 @@ class TableReader:
     enough to invalidate: a reader notes the version before reading the rows.
     """
 
-    MAX_ENTRIES = 4096
-
-    def __init__(self, sessions: sessionmaker, device_id: int, device: DeviceInfo) -> None:
+    def __init__(self, sessions: sessionmaker, device_id: int, device: DeviceInfo, cache_bytes: int) -> None:
         self._sessions, self._device_id, self._device = sessions, device_id, device
         self._versions: dict[str, int] = {}
-        self._cache: OrderedDict[tuple, tuple[int, bytes]] = OrderedDict()
+        self._cache = AnswerCache(cache_bytes)
         self._lock = threading.Lock()
 
     def invalidate(self, shape_key: str) -> None:
@@ -37,21 +66,15 @@ class TableReader:
             self._versions[shape_key] = self._versions.get(shape_key, 0) + 1
 
     def cached_json(self, shape: LayerShape, cin: list[int] | None, cout: list[int] | None) -> bytes | None:
-        key = (shape.key, tuple(cin or ()), tuple(cout or ()))
         with self._lock:
-            hit = self._cache.get(key)
-            if hit is None or hit[0] != self._versions.get(shape.key, 0):
-                return None
-            self._cache.move_to_end(key)
-            return hit[1]
+            version = self._versions.get(shape.key, 0)
+        return self._cache.get((shape.key, tuple(cin or ()), tuple(cout or ())), version)
 
     def json(self, shape: LayerShape, cin: list[int] | None, cout: list[int] | None) -> bytes:
-        version = self._versions.get(shape.key, 0)
-        data = self.read(shape, cin, cout).model_dump_json().encode()
         with self._lock:
-            self._cache[(shape.key, tuple(cin or ()), tuple(cout or ()))] = (version, data)
-            while len(self._cache) > self.MAX_ENTRIES:
-                self._cache.popitem(last=False)
+            version = self._versions.get(shape.key, 0)
+        data = self.read(shape, cin, cout).model_dump_json().encode()
+        self._cache.put((shape.key, tuple(cin or ()), tuple(cout or ())), version, data)
         return data
 
     def summaries(self) -> list[LutSummary]:
