@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -96,15 +97,17 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
             sessions, measurer, device_id, metrics, on_point=tables.invalidate,
             deadline_s=settings.job_deadline_s, max_active=settings.max_active_jobs,
         )  # fmt: skip
-        app.state.halp = ServiceState(
-            settings, sessions, info, worker.gpu, device_id, measurer, manager, metrics, tables
-        )
+        app.state.halp = state = ServiceState(
+            settings, sessions, info, worker.gpu, device_id, measurer, manager, metrics, tables,
+            asyncio.Semaphore(settings.max_concurrent_uploads),
+        )  # fmt: skip
         manager.start()
         log.info("profiler ready: backend %s on %s, fingerprint %s", info.backend, info.accelerator, info.fingerprint)
         try:
             yield
         finally:
             manager.stop()
+            state.polls.shutdown(wait=False)
             worker.close()
             engine.dispose()
 

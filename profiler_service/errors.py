@@ -42,11 +42,12 @@ class Conflict(ValueError):
 
 
 class DeviceBusy(RuntimeError):
-    """The device's queue is past its bound; the client should come back later."""
+    """The device's queue is past its bound (503), or this client is one upload too many (429); the
+    client should come back later."""
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
+    def __init__(self, message: str, retry_after_s: int, status: int = 503) -> None:
         super().__init__(message)
-        self.retry_after_s = retry_after_s
+        self.retry_after_s, self.status = retry_after_s, status
 
 
 class MeasurementFailed(RuntimeError):
@@ -102,7 +103,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DeviceBusy)
     def _busy(_: Request, exc: DeviceBusy) -> JSONResponse:
-        return problem(503, "Device busy", str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+        title = "Too many uploads" if exc.status == 429 else "Device busy"
+        return problem(exc.status, title, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(RequestValidationError)
     def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

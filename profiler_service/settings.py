@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         None, gt=0, description="cost cap of one point, multiply-adds x timed runs / 1e9 (default: by device kind)"
     )
     max_active_jobs: int = Field(256, ge=1, description="queued or running jobs before POST /lut answers 503")
+    max_concurrent_uploads: int = Field(
+        4, ge=1, description="POST /measure bodies received or waiting for the device at once; more answer 429"
+    )
     measure_wait_s: float = Field(60.0, ge=0, description="how long POST /measure waits for the device before 503")
     max_input_elements: int = Field(1 << 30, ge=1, description="size cap of one input of an uploaded model")
 

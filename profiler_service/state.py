@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from sqlalchemy.orm import sessionmaker
@@ -26,6 +28,10 @@ class ServiceState:
     jobs: JobManager
     metrics: Metrics
     tables: TableReader
+    # uploads hold a thread while they wait for the device: bounded, they cannot take the shared pool
+    uploads: asyncio.Semaphore
+    # job polls read the store on threads of their own, free while every thread of the shared pool waits
+    polls: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="halp-poll"))
 
 
 async def service(request: Request) -> ServiceState:

@@ -31,6 +31,7 @@ ENV = {
     "HALP_WORKER_MEMORY_MB": "1536",
     "HALP_POINT_DEADLINE_S": "4",
     "HALP_MEASURE_WAIT_S": "1",
+    "HALP_MAX_CONCURRENT_UPLOADS": "2",
 }
 _fresh_cout = itertools.count(8)
 
@@ -217,6 +218,38 @@ def test_measure_answers_503_when_the_device_stays_busy(svc, client):
     slow.join()
     assert_problem(r, 503, "HALP_MEASURE_WAIT_S")
     assert int(r.headers["retry-after"]) >= 1
+
+
+def test_uploads_past_the_bound_answer_429_at_once_and_leave_the_pool_free(svc, client):
+    """Uploads waiting for the device each held a thread of the shared pool: about 40 froze every sync
+    route, /healthz and job polls included. Past HALP_MAX_CONCURRENT_UPLOADS (2 here) they answer 429."""
+    slow = threading.Thread(target=lambda: measure(client, hm.endless_loop()))  # holds one upload slot 4 s
+    slow.start()
+    wait_metric(client, "halp_device_busy", 1)
+    job = client.post(f"/lut/{SMALL}", json={"cin": [24], "cout": [next(_fresh_cout)]}).headers["location"]
+
+    def flood() -> list[httpx.Response]:
+        with httpx.Client(base_url=svc.url, headers=AUTH, timeout=30) as other:
+            answers: list[httpx.Response] = []
+            threads = [
+                threading.Thread(target=lambda: answers.append(measure(other, hm.conv_3x8x8()))) for _ in range(8)
+            ]
+            for t in threads:
+                t.start()
+            assert client.get(job).status_code == 200  # a job poll answers while the uploads wait
+            for t in threads:
+                t.join()
+            return answers
+
+    answers = in_flight(svc, flood)
+    slow.join()
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses.count(429) >= 6 and set(statuses) <= {200, 429, 503}, statuses
+    refused = next(r for r in answers if r.status_code == 429)
+    assert_problem(refused, 429, "HALP_MAX_CONCURRENT_UPLOADS")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert wait_job(client, job)["state"] == "done"
+    assert measure(client, hm.conv_3x8x8()).status_code == 200  # the slots are free again
 
 
 # protocol details

@@ -12,7 +12,7 @@ router = APIRouter(tags=["device"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:  # on the event loop: it answers while every pool thread is busy
     return {"status": "ok"}
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends
 
 from profiler_service.auth import require_read, require_write
@@ -11,8 +13,8 @@ router = APIRouter(tags=["jobs"])
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus, dependencies=[Depends(require_read)])
-def get_job(job_id: str, svc: ServiceState = Depends(service)) -> JobStatus:
-    status = svc.jobs.status(job_id)
+async def get_job(job_id: str, svc: ServiceState = Depends(service)) -> JobStatus:
+    status = await asyncio.get_running_loop().run_in_executor(svc.polls, svc.jobs.status, job_id)
     if status is None:
         raise NotFound(f"no job {job_id}")
     return status

@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from profiler_service.auth import require_write
-from profiler_service.errors import InvalidInput
+from profiler_service.errors import DeviceBusy, InvalidInput
 from profiler_service.schemas import FIRST_INPUT, MeasureResult
 from profiler_service.state import ServiceState, service
 
@@ -104,10 +104,18 @@ async def _receive_upload(request: Request) -> tuple[Path, str | None]:
 )
 async def measure_model(request: Request, svc: ServiceState = Depends(service)) -> MeasureResult:
     """End-to-end latency of a whole ONNX model on this device, to validate predictions."""
-    path, input_shape = await _receive_upload(request)
-    try:
-        shapes = parse_input_shapes(input_shape, svc.settings.max_input_elements)
-        stats, resolved = await run_in_threadpool(svc.measurer.model, path, shapes)
-    finally:
-        path.unlink(missing_ok=True)
+    if svc.uploads.locked():  # refused now, not queued: each waiting upload would hold a pool thread
+        raise DeviceBusy(
+            f"{svc.settings.max_concurrent_uploads} uploads are in progress (HALP_MAX_CONCURRENT_UPLOADS); "
+            "try again later",
+            retry_after_s=max(1, math.ceil(svc.settings.measure_wait_s / 4)),
+            status=429,
+        )
+    async with svc.uploads:
+        path, input_shape = await _receive_upload(request)
+        try:
+            shapes = parse_input_shapes(input_shape, svc.settings.max_input_elements)
+            stats, resolved = await run_in_threadpool(svc.measurer.model, path, shapes)
+        finally:
+            path.unlink(missing_ok=True)
     return MeasureResult.of(svc.device, stats, resolved)
