@@ -54,7 +54,6 @@ class JobManager:
         self._deadline = dt.timedelta(seconds=deadline_s)
         self._max_active = max_active
         self._cancelled: set[str] = set()
-        self._current: str | None = None  # the job whose point is in the worker now
         self._on_point = on_point  # told after each commit, so readers drop cached tables
         self._measurer = measurer
         self._device_id = device_id
@@ -88,8 +87,7 @@ class JobManager:
             if not store.finish_job(session, job_id, "cancelled", "cancelled by DELETE /jobs/{id}"):
                 raise Conflict(f"job {job_id} is already {job.state}; only queued or running jobs can be cancelled")
         self._cancelled.add(job_id)
-        if self._current == job_id:
-            self._measurer.interrupt("job cancelled")
+        self._measurer.interrupt("job cancelled", owner=job_id)
         log.info("job %s cancelled", job_id)
         return self.status(job_id)
 
@@ -140,7 +138,7 @@ class JobManager:
                 log.exception("job %s crashed", job_id)
                 self._fail(job_id, "internal error; see service log")
             finally:
-                self._current = None
+                self._measurer.forget(job_id)
                 self._metrics.queue_depth.dec()
 
     def _fail(self, job_id: str, error: str) -> None:
@@ -160,12 +158,12 @@ class JobManager:
                 store.finish_job(session, job_id, "failed", self._deadline_text())
                 self._metrics.jobs_failed.inc()
                 return
-            store.set_job(session, job_id, state="running")
+            if not store.finish_job(session, job_id, "running"):  # cancelled since it was read
+                return
             shape_id, pairs, created_at = job.shape_id, [tuple(p) for p in job.points], job.created_at
             shape = parse_shape(store.shape_key_of(session, shape_id))
         with self._sessions() as session:
             stored = store.stored_pairs(session, self._device_id, shape_id)
-        self._current = job_id
         for done, (cin, cout) in enumerate(pairs, start=1):
             if self._stop.is_set() or job_id in self._cancelled:
                 return  # a stopped service leaves it "running": resumed on the next start
@@ -173,7 +171,7 @@ class JobManager:
                 return self._fail(job_id, self._deadline_text())
             if (cin, cout) not in stored:
                 try:
-                    stats = self._measurer.layer(shape, cin, cout)
+                    stats = self._measurer.layer(shape, cin, cout, owner=job_id)
                 except Interrupted:
                     return  # cancelled or shutting down; the state is already what it should be
                 except Exception as exc:  # build/run failures and limits are the job's result, not a crash

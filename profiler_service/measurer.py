@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from profiler_service.errors import DeviceBusy
+from profiler_service.errors import DeviceBusy, Interrupted
 from profiler_service.metrics import Metrics
 from profiler_service.shapes import LayerShape
 from profiler_service.timing import LatencyStats
@@ -21,9 +23,28 @@ class Measurer:
         self._deadline_s = deadline_s
         self._measure_wait_s = measure_wait_s
         self._lane = threading.Lock()  # parallel timing on one device would corrupt both results
+        # whose call holds the lane (a job id; None for an upload), and the interrupts that came for an
+        # owner before its call started: an abort hits its own call only, and is never lost
+        self._owners = threading.Lock()
+        self._owner: str | None = None
+        self._pending: dict[str, str] = {}
 
-    def layer(self, shape: LayerShape, cin: int, cout: int) -> LatencyStats:
-        with self._lane, self._metrics.device_busy.track_inprogress():
+    @contextmanager
+    def _call_of(self, owner: str | None) -> Iterator[None]:
+        with self._owners:
+            reason = self._pending.pop(owner, None) if owner is not None else None
+            if reason is not None:
+                raise Interrupted(reason)
+            self._owner = owner
+            self.worker.arm()
+        try:
+            yield
+        finally:
+            with self._owners:
+                self._owner = None
+
+    def layer(self, shape: LayerShape, cin: int, cout: int, owner: str | None = None) -> LatencyStats:
+        with self._lane, self._call_of(owner), self._metrics.device_busy.track_inprogress():
             start = time.perf_counter()
             stats = self.worker.layer(shape.key, cin, cout, self._deadline_s)
             self._metrics.point_seconds.observe(time.perf_counter() - start)
@@ -38,13 +59,24 @@ class Measurer:
                 retry_after_s=max(1, math.ceil(self._measure_wait_s)),
             )
         try:
-            with self._metrics.device_busy.track_inprogress():
+            with self._call_of(None), self._metrics.device_busy.track_inprogress():
                 result = self.worker.model(path, input_shapes, self._deadline_s)
             self._metrics.models_measured.inc()
             return result
         finally:
             self._lane.release()
 
-    def interrupt(self, reason: str) -> None:
-        """Abort whatever the worker is doing now (cancel, shutdown)."""
-        self.worker.interrupt(reason)
+    def interrupt(self, reason: str, owner: str | None = None) -> None:
+        """Abort ``owner``'s call: now if it holds the lane, else as it starts (a cancel). Without an
+        owner, whatever the worker is doing (shutdown)."""
+        with self._owners:
+            self._metrics.points_aborted.inc()
+            if owner is None or self._owner == owner:
+                self.worker.interrupt(reason)
+            else:
+                self._pending[owner] = reason
+
+    def forget(self, owner: str) -> None:
+        """``owner`` makes no more calls (its job ended): drop an interrupt it never reached."""
+        with self._owners:
+            self._pending.pop(owner, None)

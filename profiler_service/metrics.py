@@ -13,6 +13,9 @@ class Metrics:
             "halp_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=self.registry
         )
         self.points_measured = Counter("halp_points_measured_total", "Table points measured", registry=self.registry)
+        self.points_aborted = Counter(
+            "halp_measurements_aborted_total", "Measurements stopped by a cancel or a shutdown", registry=self.registry
+        )
         self.point_seconds = Histogram(
             "halp_point_measure_seconds",
             "Wall time to build and time one table point",

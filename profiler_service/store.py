@@ -125,7 +125,8 @@ def set_job(session: Session, job_id: str, **values: object) -> None:
 
 
 def finish_job(session: Session, job_id: str, state: str, error: str | None = None) -> bool:
-    """Move an active job to a final state; a job already finished (cancelled, say) stays as it is."""
+    """Move an active job to ``state`` (a final one, or "running"); a job already finished (cancelled,
+    say) stays as it is, whatever a reader saw of it a moment ago."""
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state.in_(ACTIVE_STATES))

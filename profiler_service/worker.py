@@ -84,8 +84,8 @@ class Worker:
         proc = subprocess.Popen(cmd, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
         child.close()
         conn = Connection(parent.detach())
-        with self._state:
-            self._proc, self._conn, self._interrupt = proc, conn, None
+        with self._state:  # an interrupt pending for the call that restarts us stays pending
+            self._proc, self._conn = proc, conn
         try:
             conn.send(self.config)
             # A backend's first start (TensorRT's precision probe) may take minutes; it is bounded all the same.
@@ -112,8 +112,15 @@ class Worker:
 
     close = kill
 
+    def arm(self) -> None:
+        """Forget an interrupt meant for an earlier call: the next call runs unless interrupted again
+        (the lane's holder calls it just before its call, ``Measurer``)."""
+        with self._state:
+            self._interrupt = None
+
     def interrupt(self, reason: str) -> None:
-        """Stop the call in flight (if any) by killing the child; safe from any thread."""
+        """Stop the call in flight by killing the child, or the next one before it starts (a call
+        starting when this came is still in flight); safe from any thread."""
         with self._state:
             self._interrupt = reason
             if self._proc is not None and self._proc.poll() is None:
@@ -144,8 +151,8 @@ class Worker:
         return stats, resolved
 
     def _call(self, request: tuple, deadline_s: float) -> tuple:
-        with self._state:
-            self._interrupt = None
+        if self._interrupt is not None:
+            raise Interrupted(self._interrupt)
         if self._proc is None or self._proc.poll() is not None:
             self.restarts += self.device is not None
             self.start()
