@@ -293,7 +293,10 @@ def _serve(conn: Connection) -> None:
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the service decides
+    # Ctrl-C, or a supervisor's SIGTERM to the whole group, reaches us too: the service decides (a job
+    # whose point died under it first would be failed for good, not resumed), and we follow it out
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     logging.basicConfig(level=logging.WARNING)
     conn = Connection(int(sys.argv[1]))

@@ -65,6 +65,7 @@ class ServiceProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log: Path | None = None
+    own_group: bool = False  # a process group of its own, to be signalled whole (as systemd and Ctrl-C do)
 
     @property
     def url(self) -> str:
@@ -78,7 +79,9 @@ class ServiceProcess:
             "--log-level", self.log_level,
         ]  # fmt: skip
         self.log = self.db.with_suffix(f".{self.port}.log")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=self.own_group
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -7,6 +7,7 @@ when the test acts on it.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
@@ -157,3 +158,21 @@ def test_sigterm_exits_in_seconds_and_jobs_resume(make_service):
         job = wait_job(c, location, timeout=120)
         assert job["state"] == "done" and job["done"] == len(SLOW_GRID["cout"])
         assert len(c.get(f"/lut/{SLOW}").json()["points"]) == len(SLOW_GRID["cout"])
+
+
+def test_a_stop_signalled_to_the_whole_process_group_leaves_the_job_to_resume(make_service):
+    """systemd's default KillMode, a container runtime or Ctrl-C signal every process of the service:
+    the measurement worker used to die first, and its job was marked failed for good."""
+    svc = make_service(env=SLOW_ENV, own_group=True)
+    with httpx.Client(base_url=svc.url, timeout=30) as c:
+        location = c.post(f"/lut/{SLOW}", json=SLOW_GRID).headers["location"]
+        running(c, location, done=1)
+        wait_metric(c, "halp_device_busy", 1)  # a point is in the worker as the signal comes
+    assert svc.proc is not None
+    os.killpg(svc.proc.pid, signal.SIGTERM)
+    svc.proc.wait(30)
+    svc.proc = None
+    svc.start()
+    with httpx.Client(base_url=svc.url, timeout=30) as c:
+        job = wait_job(c, location, timeout=120)
+        assert job["state"] == "done" and job["done"] == len(SLOW_GRID["cout"]), job
