@@ -52,7 +52,6 @@ from pruning_client.train import TrainConfig, evaluate, train
 
 ARMS = ("halp", "paper_dp", "flops", "uniform", "torch_pruning", "scratch")
 MATCH = 0.02  # every other arm within 2 % of halp's measured ratio
-SHAPE = "1x3x32x32"
 
 
 # --- the task ------------------------------------------------------------------------------------
@@ -124,7 +123,8 @@ class Measured:
         self.target, self.x, self.unpruned = target, x, export_onnx(model, x)
 
     def __call__(self, model: nn.Module) -> float:
-        return paired(self.target, self.unpruned, [export_onnx(model, self.x)], SHAPE)[0].ratio
+        shape = "x".join(map(str, self.x.shape))
+        return paired(self.target, self.unpruned, [export_onnx(model, self.x)], shape)[0].ratio
 
 
 def search(build: Callable[[float], nn.Module], measure: Measured, goal: float, tol: float, steps: int):
@@ -145,7 +145,14 @@ def search(build: Callable[[float], nn.Module], measure: Measured, goal: float, 
 
 
 def run_seed(
-    seed: int, target: RemoteTarget, ratios: list[float], epochs: int, finetune: int, copies: int, steps: int
+    seed: int,
+    target: RemoteTarget,
+    ratios: list[float],
+    epochs: int,
+    finetune: int,
+    copies: int,
+    steps: int,
+    batch: int,
 ) -> dict[float, dict]:
     """One pretrained model, its saliency and calibration per seed, shared by every ratio's arms."""
     torch.manual_seed(seed)
@@ -154,14 +161,14 @@ def run_seed(
     train(model, data.train, TrainConfig(epochs=epochs, lr=0.1, warmup=0.05))
     base = evaluate(model, data.val)
     print(f"seed {seed}: unpruned accuracy {base:.2f} %")
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(batch, 3, 32, 32)
     graph = analyse(model, x)
     importance = taylor(model, graph, data.train)
     block = target.device.channel_block
     latency = LatencyModel(graph, LatencyTables.of(target))
     keeps = probe_keeps(graph.sizes, [block] * len(graph.sizes))
     probes = [(k, export_onnx(pruned_copy(model, x, graph.first_channels(k)), x)) for k in keeps]
-    Target(target, latency).calibrate(probes, SHAPE)
+    Target(target, latency).calibrate(probes, "x".join(map(str, x.shape)))
     measure = Measured(target, model, x)
 
     def by_saliency(keep: np.ndarray) -> nn.Module:
@@ -240,6 +247,12 @@ def main() -> None:
     def options(parser) -> None:
         parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.3], help="target latency ratios")
         parser.add_argument("--seeds", type=int, default=3, help="seeds (full run)")
+        parser.add_argument(
+            "--batch",
+            type=int,
+            default=1,
+            help="batch the latency is measured at (at 1, fixed per-layer costs dominate)",
+        )
 
     args = parse_args(__doc__, options, target=True)
     # quick: one seed, one ratio, little training, a short search: the script keeps working (CI)
@@ -248,7 +261,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         with profiler_url(args, Path(tmp) / "service") as url, ProfilerClient(url) as client:
             target = RemoteTarget(client, TableCache(Path(tmp) / "cache"))
-            by_seed = [run_seed(s, target, ratios, epochs, finetune, copies, steps) for s in seeds]
+            by_seed = [run_seed(s, target, ratios, epochs, finetune, copies, steps, args.batch) for s in seeds]
     runs = {r: [seed[r] for seed in by_seed] for r in ratios}
 
     def spread(values: list[float]) -> dict[str, float]:
@@ -264,7 +277,13 @@ def main() -> None:
         }
         for r, rs in runs.items()
     }  # fmt: skip
-    write(args.out, "peers", {"runs": {f"{r:g}": rs for r, rs in runs.items()}, "summary": summary}, args.quick)
+    name = "peers" if args.batch == 1 else f"peers-b{args.batch}"  # one result file per measured batch
+    write(
+        args.out,
+        name,
+        {"batch": args.batch, "runs": {f"{r:g}": rs for r, rs in runs.items()}, "summary": summary},
+        args.quick,
+    )
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -273,10 +292,10 @@ def main() -> None:
         ax.scatter(*zip(*points, strict=True), marker=marker, label=arm)
     ax.set_xlabel("measured latency / unpruned (CPU service, paired)")
     ax.set_ylabel("validation accuracy after equal training (%)")
-    ax.set_title("accuracy vs measured latency, one point per seed and ratio")
+    ax.set_title(f"accuracy vs measured latency at batch {args.batch}, one point per seed and ratio")
     ax.grid(alpha=0.3)
     ax.legend()
-    save_plot(fig, args.out, "peers", args.quick)
+    save_plot(fig, args.out, name, args.quick)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,13 @@ def quiet_machine(timing_spread: float) -> None:
         )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the quiet-host checks (``-m quiet``), so that a serial run can pick them out."""
+    for item in items:
+        if "quiet_machine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.quiet)
+
+
 def _share_the_cores() -> None:
     """Under several workers, each trains and measures on its share of the cores: two workers with
     torch's default (every core) each made the other's training 6x slower (a 48 s fixture took 311 s).

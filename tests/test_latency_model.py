@@ -8,6 +8,7 @@ import torch
 
 from profiler_service.local_target import LocalTarget
 from profiler_service.timing import TimingPolicy
+from pruning_client.calibration import probe_keeps
 from pruning_client.export import export_onnx
 from pruning_client.graph import analyse
 from pruning_client.latency import LatencyModel, LatencyTables, MissingPoints
@@ -41,14 +42,20 @@ def test_prediction_matches_side_by_side_measurement(setup):
     model, x, graph, profiler = setup
     latency = LatencyModel(graph, LatencyTables.of(profiler))
     rng = np.random.default_rng(0)
-    configs = [graph.sizes] + [random_keep(rng, graph.sizes) for _ in range(10)]
+    # calibrated as a run is, on the probe configurations (spread from a quarter width to the whole): two
+    # random prunings close together made the leave-one-out line through them swing 20 %
+    probes = probe_keeps(graph.sizes, [BLOCK] * len(graph.sizes))
+    configs = probes + [random_keep(rng, graph.sizes) for _ in range(10)]
     thin = [pruned_copy(model, x, graph.first_channels(keep)) for keep in configs]
     rounds = np.array([[profiler.measure(export_onnx(m, x)).median_ms for m in thin] for _ in range(5)])
     measured = np.median(rounds, axis=0)
 
-    fit = latency.calibrate(list(zip(configs[:3], measured[:3], strict=True)))
-    assert fit.a > 0 and all(abs(r) < 0.1 for r in fit.residuals)
-    errors = np.array([abs(latency.predict(k) - m) / m for k, m in zip(configs[3:], measured[3:], strict=True)])
+    n = len(probes)
+    fit = latency.calibrate(list(zip(configs[:n], measured[:n], strict=True)))
+    # leave-one-out of three samples is a line through two, extrapolated: it multiplies their few per cent
+    # of noise by 2-4 (12.6 % seen beside held-out errors under 5 %); the held-out errors are the claim
+    assert fit.a > 0 and len(fit.residuals) == n and all(abs(r) < 0.2 for r in fit.residuals), fit
+    errors = np.array([abs(latency.predict(k) - m) / m for k, m in zip(configs[n:], measured[n:], strict=True)])
     assert np.median(errors) <= 0.05 and errors.max() <= 0.10, np.round(errors, 3)
 
 
