@@ -26,6 +26,7 @@ class Measurer:
         # whose call holds the lane (a job id; None for an upload), and the interrupts that came for an
         # owner before its call started: an abort hits its own call only, and is never lost
         self._owners = threading.Lock()
+        self._in_call = False
         self._owner: str | None = None
         self._pending: dict[str, str] = {}
 
@@ -34,14 +35,15 @@ class Measurer:
         with self._owners:
             reason = self._pending.pop(owner, None) if owner is not None else None
             if reason is not None:
+                self._metrics.points_aborted.inc()
                 raise Interrupted(reason)
-            self._owner = owner
+            self._in_call, self._owner = True, owner
             self.worker.arm()
         try:
             yield
         finally:
             with self._owners:
-                self._owner = None
+                self._in_call, self._owner = False, None
 
     def layer(self, shape: LayerShape, cin: int, cout: int, owner: str | None = None) -> LatencyStats:
         with self._lane, self._call_of(owner), self._metrics.device_busy.track_inprogress():
@@ -70,8 +72,9 @@ class Measurer:
         """Abort ``owner``'s call: now if it holds the lane, else as it starts (a cancel). Without an
         owner, whatever the worker is doing (shutdown)."""
         with self._owners:
-            self._metrics.points_aborted.inc()
             if owner is None or self._owner == owner:
+                if self._in_call:  # counted where a call is stopped, not where nothing ran
+                    self._metrics.points_aborted.inc()
                 self.worker.interrupt(reason)
             else:
                 self._pending[owner] = reason
