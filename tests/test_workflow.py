@@ -108,7 +108,7 @@ def test_a_budget_out_of_reach_stops_the_run_with_one_line_and_keeps_its_checkpo
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     said = done.stderr.strip().splitlines()[-1]
     assert service.url in said and "is out of reach" in said and "--allow-minimum" in said, said
-    assert "measuring the current model in pairs before believing it" in done.stderr
+    assert "measuring the smallest model the blocks allow, in pairs" in done.stderr
     assert (out / "checkpoints" / "last.pt").exists() and not (out / "report.json").exists()
 
 
