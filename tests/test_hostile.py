@@ -298,7 +298,8 @@ def test_empty_token_setting_means_no_token(monkeypatch):
 
 def first_answer(svc: ServiceProcess, headers: bytes, path: bytes = b"/measure") -> bytes:
     """Announce a large body (a multipart upload to /measure, JSON elsewhere), send only its first
-    bytes, and read what comes back: a service that waits for the rest times this out."""
+    bytes, and read the whole answer (its body may come in a segment of its own): a service that waits
+    for the rest of the request times this out."""
     kind, start = (
         (b"multipart/form-data; boundary=b", b"--b\r\n") if path == b"/measure" else (b"application/json", b"{")
     )
@@ -306,7 +307,14 @@ def first_answer(svc: ServiceProcess, headers: bytes, path: bytes = b"/measure")
         s.sendall(
             b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: " + kind + b"\r\n" + headers + b"\r\n" + start
         )
-        return s.recv(4096)
+        answer = b""
+        while chunk := s.recv(4096):  # until the server closes ...
+            answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            length = re.search(rb"content-length: (\d+)", head, re.I)
+            if length and len(body) >= int(length[1]):  # ... or the answer is complete
+                break
+        return answer
 
 
 def test_unauthenticated_upload_is_refused_on_its_headers(svc):
