@@ -259,7 +259,7 @@ def test_a_users_detector_with_torchvisions_convention_trains_scores_and_prunes(
     assert model.network[0].weight.grad.abs().sum() > 0
     quality = task.evaluate(model, data.val, Context())
     assert set(quality) == {"map50", "map"} and 0 <= quality["map50"] <= 100
-    assert host_postprocess_ms(model, images[:1]) >= 0
+    assert host_postprocess_ms(model, images[:1]) > 0  # its decoding runs outside the network
     graph = analyse(task.network(model), images[:1])
     assert graph.groups and graph.fixed_layers == ["8"]  # the last linear's outputs are the answer
 
