@@ -167,6 +167,19 @@ def check_peers(body: dict) -> None:
     assert set(body["summary"][ratio]) == set(PEERS)
 
 
+def check_flood(body: dict) -> None:
+    """Every flooding request answered, each with what it deserves (timings are the full run's to judge)."""
+    answers = body["answers"]
+    assert set(answers["bodies"]) <= {"401", "413"} and sum(answers["bodies"].values()) == body["requests"]["bodies"]
+    assert answers["selections"] == {
+        "200": body["requests"]["selections"] // 2,
+        "422": body["requests"]["selections"] // 2,
+    }
+    assert set(answers["uploads"]) <= {"200", "429"} and answers["uploads"].get("429", 0) > 0, answers["uploads"]
+    assert body["healthz"]["probes"] > 0 and not body["healthz"]["failed"]
+    assert body["server_rss_mb"]["before"] > 0
+
+
 def check_profiling_cost(body: dict) -> None:
     assert body["points_measured"] > 0 and body["recheck_points"] > 0 and body["seconds"] > 0
     assert all(ms > 0 for ms in body["reference_ms"])  # a CPU service times against its reference
@@ -188,6 +201,7 @@ def check_profiling_cost(body: dict) -> None:
         ("distributed", check_distributed),
         ("detection", check_detection),
         ("peers", check_peers),
+        ("flood", check_flood),
     ],
 )
 def test_quick_benchmark_writes_results(script, check, tmp_path, request):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from tests import hostile_models as hm
+from tests import raw_http
 from tests.conftest import ServiceProcess, wait_job, wait_metric
 
 TOKEN = "secret"
@@ -124,15 +124,32 @@ def test_a_selection_naming_a_range_over_and_over_is_refused_without_stalling_th
 
 
 def test_the_answer_cache_is_bounded_in_bytes_not_entries():
-    from profiler_service.tables import AnswerCache
+    from profiler_service.tables import ENTRY_OVERHEAD_BYTES, AnswerCache
 
-    cache = AnswerCache(max_bytes=1000)
+    cache = AnswerCache(max_bytes=10 * (100 + len("shape") + ENTRY_OVERHEAD_BYTES))  # answer, key text, slot
     for i in range(50):
         cache.put(("shape", i), 0, b"x" * 100)
-    assert cache.bytes <= 1000 and len(cache) == 10 and cache.get(("shape", 49), 0) and not cache.get(("shape", 0), 0)
-    cache.put(("shape", "big"), 0, b"x" * 400)  # over a quarter of the bound: served, never kept
-    assert cache.get(("shape", "big"), 0) is None and cache.bytes <= 1000
+    assert len(cache) == 10 and cache.get(("shape", 49), 0) and not cache.get(("shape", 0), 0)
+    cache.put(("shape", "big"), 0, b"x" * 1000)  # over a quarter of the bound: served, never kept
+    assert cache.get(("shape", "big"), 0) is None and cache.bytes <= cache.max_bytes
     assert cache.get(("shape", 49), 1) is None  # a newer version of its shape: stale
+
+
+def test_distinct_large_selections_leave_the_servers_memory_flat(svc, client):
+    """Each answer is a few hundred bytes, but its cache key held the 125,000 counts it named (about
+    4.7 MB of Python ints), and the cache bounded only the answers' bytes (64 MB)."""
+
+    def rss_mb() -> float:
+        text = client.get("/metrics").text
+        return float(re.search(r"^process_resident_memory_bytes (\S+)$", text, re.M).group(1)) / 2**20
+
+    normal_job_completes(client)  # a table to select from
+    for i in range(3):  # the code paths warmed before the baseline
+        client.get(f"/lut/{SMALL}", params={"cin": f"1..{59000 + i}", "cout": "1..65536"})
+    before = rss_mb()
+    for i in range(40):
+        assert client.get(f"/lut/{SMALL}", params={"cin": f"1..{60000 + i}", "cout": "1..65536"}).status_code == 200
+    assert rss_mb() - before < 40, "the answer cache keeps what each selection named"
 
 
 def test_huge_grid_is_refused_by_its_size(svc, client):
@@ -297,24 +314,7 @@ def test_empty_token_setting_means_no_token(monkeypatch):
 
 
 def first_answer(svc: ServiceProcess, headers: bytes, path: bytes = b"/measure") -> bytes:
-    """Announce a large body (a multipart upload to /measure, JSON elsewhere), send only its first
-    bytes, and read the whole answer (its body may come in a segment of its own): a service that waits
-    for the rest of the request times this out."""
-    kind, start = (
-        (b"multipart/form-data; boundary=b", b"--b\r\n") if path == b"/measure" else (b"application/json", b"{")
-    )
-    with socket.create_connection(("127.0.0.1", svc.port), timeout=5) as s:
-        s.sendall(
-            b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: " + kind + b"\r\n" + headers + b"\r\n" + start
-        )
-        answer = b""
-        while chunk := s.recv(4096):  # until the server closes ...
-            answer += chunk
-            head, _, body = answer.partition(b"\r\n\r\n")
-            length = re.search(rb"content-length: (\d+)", head, re.I)
-            if length and len(body) >= int(length[1]):  # ... or the answer is complete
-                break
-        return answer
+    return raw_http.first_answer(svc.port, headers, path)
 
 
 def test_unauthenticated_upload_is_refused_on_its_headers(svc):

@@ -7,22 +7,12 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from profiler_service.auth import require_read, require_write
-from profiler_service.errors import InvalidInput
-from profiler_service.schemas import CHANNELS_SYNTAX, JobStatus, LutRequest, LutSummary, LutTable, parse_channels
+from profiler_service.schemas import CHANNELS_SYNTAX, JobStatus, LutRequest, LutSummary, LutTable
 from profiler_service.shapes import LayerShape, parse_shape
 from profiler_service.state import ServiceState, service
 from profiler_service.tables import check_request, requested_pairs
 
 router = APIRouter(tags=["tables"])
-
-
-def _selection(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return parse_channels(text)
-    except ValueError as e:
-        raise InvalidInput(str(e)) from None
 
 
 @router.get("/lut/{shape}", response_model=LutTable, dependencies=[Depends(require_read)])
@@ -33,10 +23,10 @@ async def get_lut(
     svc: ServiceState = Depends(service),
 ) -> Response:
     """The measured table of a layer shape on this device."""
-    layer, cins, couts = parse_shape(shape), _selection(cin), _selection(cout)
-    data = svc.tables.cached_json(layer, cins, couts)
-    if data is None:  # the database is read off the event loop
-        data = await run_in_threadpool(svc.tables.json, layer, cins, couts)
+    layer = parse_shape(shape)
+    data = svc.tables.cached_json(layer, cin, cout)
+    if data is None:  # the selection is parsed and the database read off the event loop
+        data = await run_in_threadpool(svc.tables.json, layer, cin, cout)
     return Response(data, media_type="application/json")
 
 
@@ -71,7 +61,7 @@ def _submit(svc: ServiceState, layer: LayerShape, body: LutRequest) -> Response:
     check_request(layer, pairs, svc.device, svc.settings, svc.gpu)
     submitted = svc.jobs.submit(layer, pairs)
     if submitted.job is None:
-        table = svc.tables.read(layer, sorted({c for c, _ in pairs}), sorted({c for _, c in pairs}))
+        table = svc.tables.read(layer, {c for c, _ in pairs}, {c for _, c in pairs})
         return Response(table.model_dump_json(), media_type="application/json")
     return JSONResponse(submitted.job.model_dump(), status_code=202, headers={"Location": f"/jobs/{submitted.job.id}"})
 
