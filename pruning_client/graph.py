@@ -25,6 +25,7 @@ from torch import nn
 from profiler_service.shapes import Dtype, LayerShape
 from pruning_client.analysis_limits import AnalysisLimits, AnalysisTooLarge, Guard, SearchTooLarge, bounded
 from pruning_client.attention import HeadAttention
+from pruning_client.index_mapping import tolerant_index_mapping, unmapped
 from pruning_client.layers import GraphError, conv_groups, is_depthwise, layer_shape, trace_calls
 
 ExampleInputs = torch.Tensor | tuple[torch.Tensor, ...]
@@ -178,7 +179,7 @@ def _analyse(
     not_roots = fixed | {f"{n}.{p}" for n in heads for p in ("q", "k", "v")}
     limits, guard = AnalysisLimits.from_env(), Guard()  # a bad setting is its own error, not the model's
     try:
-        with warnings.catch_warnings(), bounded(limits, guard):
+        with warnings.catch_warnings(), bounded(limits, guard), tolerant_index_mapping() as unmappable:
             warnings.simplefilter("ignore")
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
             tp_groups, unsearched = _search_groups(dg, {model.get_submodule(n) for n in not_roots}, guard)
@@ -228,7 +229,7 @@ def _analyse(
                     group.chunks = math.lcm(group.chunks, split)
         if size % group.chunks:
             raise GraphError(f"group {group.root}: {size} channels do not split into {group.chunks} equal chunks")
-        group.held = _incoherent(group, model)
+        group.held = unmapped(tp_group.items, unmappable) or _incoherent(group, model)
         groups.append(group)
     for name, attention in heads.items():
         groups.append(_head_group(len(groups), name, attention, fixed, in_terms, out_terms))

@@ -10,23 +10,29 @@ from torch import nn
 
 from pruning_client.attention import HeadAttention
 from pruning_client.graph import ExampleInputs, ModelGraph, analyse
+from pruning_client.index_mapping import tolerant_index_mapping
 from pruning_client.layers import GraphError
 
 
 def prune_groups(graph: ModelGraph, remove: dict[int, np.ndarray]) -> nn.Module:
-    """Physically remove channels (indices in each group's own numbering) from ``graph.model``."""
-    for gid, idxs in remove.items():
-        if len(idxs) == 0:
-            continue
-        group = graph.groups[gid]
-        if len(idxs) >= group.size:
-            raise GraphError(f"group {gid} ({group.root}) would lose all {group.size} channels")
-        root = graph.module(group.root)
-        if isinstance(root, HeadAttention):
-            root.prune_heads(idxs)
-            continue
-        handler = graph.dg.get_pruner_of_module(root).prune_out_channels
-        graph.dg.get_pruning_group(root, handler, sorted(int(i) for i in idxs)).prune()
+    """Physically remove channels (indices in each group's own numbering) from ``graph.model``.
+
+    Each group search maps indices again, through the ops the analysis could not map too: tolerated
+    as there (no group pruned here runs through one; those are held).
+    """
+    with tolerant_index_mapping():
+        for gid, idxs in remove.items():
+            if len(idxs) == 0:
+                continue
+            group = graph.groups[gid]
+            if len(idxs) >= group.size:
+                raise GraphError(f"group {gid} ({group.root}) would lose all {group.size} channels")
+            root = graph.module(group.root)
+            if isinstance(root, HeadAttention):
+                root.prune_heads(idxs)
+                continue
+            handler = graph.dg.get_pruner_of_module(root).prune_out_channels
+            graph.dg.get_pruning_group(root, handler, sorted(int(i) for i in idxs)).prune()
     return graph.model
 
 
