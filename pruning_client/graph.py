@@ -25,7 +25,7 @@ from torch import nn
 from profiler_service.shapes import Dtype, LayerShape
 from pruning_client.analysis_limits import AnalysisLimits, AnalysisTooLarge, Guard, SearchTooLarge, bounded
 from pruning_client.attention import HeadAttention
-from pruning_client.index_mapping import tolerant_index_mapping, unmapped
+from pruning_client.index_mapping import dependency_graph, tolerant_index_mapping, unmapped
 from pruning_client.layers import GraphError, conv_groups, is_depthwise, layer_shape, trace_calls
 
 ExampleInputs = torch.Tensor | tuple[torch.Tensor, ...]
@@ -181,7 +181,7 @@ def _analyse(
     try:
         with warnings.catch_warnings(), bounded(limits, guard), tolerant_index_mapping() as unmappable:
             warnings.simplefilter("ignore")
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
+            dg = dependency_graph(model, inputs)
             tp_groups, unsearched = _search_groups(dg, {model.get_submodule(n) for n in not_roots}, guard)
     except (AnalysisTooLarge, Exception) as e:  # noqa: BLE001 - it fails deep inside on what it cannot map
         if guard.tripped:

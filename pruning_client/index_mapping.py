@@ -6,19 +6,77 @@ channel shuffle) that arithmetic divides by zero, on Swin-S a concatenation's in
 None: one op it cannot map used to end the whole analysis. Here each op's mapping that fails is recorded
 and skipped; every channel group that passes through such an op is then held (``unmapped``), so nothing
 is pruned through a mapping that was never computed, and the rest of the model still prunes.
+
+Reshapes are judged on the shapes they really had (recorded while the graph is traced), not on
+inferred counts alone: one that keeps the channel axis (the first after the batch, or the last, as in
+Swin's and MaxViT's ``(B, H, W, C)`` window partitions) maps channels to themselves; a flatten into a
+classifier is left to Torch-Pruning; any other moves the channel axis and is unmappable. Read as a
+flatten, each window partition multiplied a group's indices by the window's size, and a residual
+stream crossing a few of them grew past a gigabyte.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 
-from torch_pruning.dependency import index_mapping
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch_pruning.dependency import index_mapping, shape_infer
 
 # The per-op passes ``index_mapping.update_index_mapping`` dispatches to (by module global, so wrapping
 # the globals is enough).
 _PASSES = tuple(name for name in dir(index_mapping) if name.startswith("update_") and name != "update_index_mapping")
+
+
+_SHAPES = "_halp_op_shapes"
+# ATen's own matmul kernels on >2-D inputs: the views around them are not seen from Python
+_MATMUL = re.compile(r"(Addmm|Mm|Bmm)Backward\d*$")
+
+
+class UnmappableReshape(ValueError):
+    pass
+
+
+class _ShapesSeen(TorchFunctionMode):
+    """Each op's first input and output shapes, keyed by the output's ``grad_fn`` (a graph node's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: dict[object, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        grad_fn = getattr(out, "grad_fn", None)
+        if grad_fn is not None and args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+            self.shapes.setdefault(grad_fn, (tuple(args[0].shape), tuple(out.shape)))
+        return out
+
+
+def _reshape_by_shapes(update):
+    """Torch-Pruning's reshape pass where the reshape is a flatten; identity where it keeps the channels."""
+
+    def reshape(graph, node):
+        seen = getattr(graph, _SHAPES, {}).get(node.grad_fn)
+        if seen is None and any(_MATMUL.match(n.grad_fn.name()) for n in node.outputs if n.grad_fn is not None):
+            return None  # made inside a linear or matmul on a >2-D input: it folds the leading dimensions only
+        channels = next(
+            (c for n in node.inputs if (c := shape_infer.infer_out_channels_recursively(graph, n, [0]))), None
+        )
+        if seen is None or channels is None:
+            return update(graph, node)
+        before, after = seen
+        if (before[1:2] == after[1:2] == (channels,)) or (before[-1] == after[-1] == channels):
+            return None  # the channel axis is untouched: indices map to themselves
+        if len(after) == 2 and before[0] == after[0]:
+            return update(graph, node)  # into a classifier
+        raise UnmappableReshape(f"{before} -> {after} moves the {channels} channels")
+
+    return reshape
 
 
 @contextmanager
@@ -27,7 +85,7 @@ def tolerant_index_mapping() -> Iterator[dict[object, str]]:
     failed: dict[object, str] = {}
     originals = {name: getattr(index_mapping, name) for name in _PASSES}
 
-    def tolerant(name: str, update):
+    def tolerant(update):
         @wraps(update)
         def wrapper(graph, node):
             try:
@@ -39,12 +97,24 @@ def tolerant_index_mapping() -> Iterator[dict[object, str]]:
         return wrapper
 
     for name, update in originals.items():
-        setattr(index_mapping, name, tolerant(name, update))
+        if name == "update_reshape_index_mapping":
+            update = _reshape_by_shapes(update)
+        setattr(index_mapping, name, tolerant(update))
     try:
         yield failed
     finally:
         for name, update in originals.items():
             setattr(index_mapping, name, update)
+
+
+def dependency_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph, with the shapes each op really had kept on it (for reshapes);
+    build it inside ``tolerant_index_mapping``."""
+    dg = tp.DependencyGraph()
+    recorder = _ShapesSeen()
+    setattr(dg, _SHAPES, recorder.shapes)  # filled by the trace below, read by its index mapping
+    with recorder:
+        return dg.build_dependency(model, example_inputs=inputs, verbose=False)
 
 
 def unmapped(items: Iterable, failed: dict[object, str]) -> str | None:

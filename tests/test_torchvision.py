@@ -16,6 +16,7 @@ import torch
 from pruning_client.export import export_onnx
 from pruning_client.graph import analyse
 from pruning_client.latency import LatencyModel
+from pruning_client.prunability import hold_unprunable
 from pruning_client.pruner import HALPPruner
 from pruning_client.saliency import magnitude_saliency
 from pruning_client.thinning import pruned_copy
@@ -29,6 +30,21 @@ def small_shufflenet():
     return models().ShuffleNetV2([3, 2, 2], [24, 48, 96, 192, 256], num_classes=10)
 
 
+def small_swin():
+    """torchvision.models.SwinTransformer as swin_t builds it (shifted windows, patch merging), two stages."""
+    return models().SwinTransformer(
+        patch_size=[4, 4], embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4], num_classes=10
+    )
+
+
+def small_maxvit():
+    """torchvision.models.MaxVit as maxvit_t builds it (MBConv, block and grid attention), two stages."""
+    return models().MaxVit(
+        input_size=(64, 64), stem_channels=16, partition_size=4, block_channels=[16, 32], block_layers=[1, 1],
+        head_dim=8, stochastic_depth_prob=0.0, num_classes=10,
+    )  # fmt: skip
+
+
 def randomised_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
     """Statistics and affine terms away from (0, 1): a channel mapped to the wrong place then shows."""
     torch.manual_seed(0)
@@ -37,6 +53,10 @@ def randomised_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
             m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
             m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
     return model.eval()
+
+
+SMALL = {"shufflenet_v2": small_shufflenet, "swin": small_swin, "maxvit": small_maxvit}
+MLP_IN = {"swin": "mlp.0", "maxvit": "mlp_layer.1"}
 
 
 def prune_to_half_and_export(model: torch.nn.Module, x: torch.Tensor):
@@ -66,23 +86,51 @@ def test_shufflenet_v2_prunes_its_branches_and_holds_the_shuffled_trunk_by_name(
     assert branches <= set(prunable)  # each branch's inner width
 
 
-def test_every_shufflenet_group_pruned_keeps_the_channels_it_says():
-    """Thinned == the original with the dropped channels' BN outputs zeroed: the shuffle's permutation
-    maps kept channels to kept channels (a wrong mapping leaves the shapes right and the numbers wrong)."""
-    model = randomised_batch_norms(small_shufflenet())
+@pytest.mark.parametrize("family", ["shufflenet_v2", "swin", "maxvit"])
+def test_every_group_pruned_keeps_the_channels_it_says(family):
+    """Thinned == the original with the dropped channels zeroed where they are made (conv/linear rows,
+    BN affine terms): the mapping through shuffles and window partitions sends kept channels to kept
+    channels (a wrong one leaves the shapes right and the numbers wrong). Groups whose channels a
+    LayerNorm normalises together cannot be compared so (dropping one changes the others' statistics)."""
+    model = randomised_batch_norms(SMALL[family]())
     x = torch.randn(1, 3, 64, 64)
     graph = analyse(model, x)
+    hold_unprunable(graph, x)  # as every run does: what breaks the forward pass is held first
+    checked = 0
     for group in (g for g in graph.groups if not g.held):
+        if any(isinstance(graph.module(i.module), torch.nn.LayerNorm) for i in group.maskable):
+            continue
         keep = group.channels_at(np.arange(group.positions // 2))
         dropped = np.setdiff1d(np.arange(group.size), keep)
         masked = copy.deepcopy(model)
-        for item in group.bns:
-            bn = masked.get_submodule(item.module)
+        for item in group.maskable:
+            module = masked.get_submodule(item.module)
             rows = item.idxs[np.isin(item.root_idxs, dropped)]
-            bn.weight.data[rows], bn.bias.data[rows] = 0.0, 0.0
+            module.weight.data[rows] = 0.0
+            if module.bias is not None:
+                module.bias.data[rows] = 0.0
         thin = pruned_copy(model, x, {group.root: keep})
         with torch.no_grad():
             torch.testing.assert_close(thin(x), masked(x), rtol=1e-4, atol=1e-5, msg=group.root)
+        checked += 1
+    assert checked >= 3, "too few groups compared for the test to mean anything"
+
+
+@pytest.mark.parametrize("family", ["swin", "maxvit"])
+def test_window_attention_models_prune_their_mlps_and_name_what_they_hold(family):
+    """Channels-last window partitions map channels to themselves; a reshape that splits the channel axis
+    (heads of q, k, v; the shifted windows' mask by head) holds the groups through it, and so does a
+    residual stream whose trial prune breaks the forward pass (torchvision's attention takes its q, k, v
+    weight as a tensor, whose input side the dependency graph does not follow)."""
+    torch.manual_seed(0)
+    model = SMALL[family]().eval()
+    x = torch.randn(2, 3, 64, 64)
+    graph, record, out = prune_to_half_and_export(model, x)
+    assert record.met and out.shape == (2, 10)
+    reasons = ("moves the", "breaks the forward pass")  # found by the mapping, or by the trial prune of each run
+    assert graph.held and all(any(r in why for r in reasons) for why in graph.held.values()), graph.held
+    hidden = [g for g in graph.groups if not g.held and any(i.module.endswith(MLP_IN[family]) for i in g.producers)]
+    assert len(hidden) >= 2, [g.root for g in graph.groups]  # the MLP hidden widths prune
 
 
 @pytest.mark.slow
