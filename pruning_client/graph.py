@@ -179,7 +179,7 @@ def _analyse(
     not_roots = fixed | {f"{n}.{p}" for n in heads for p in ("q", "k", "v")}
     limits, guard = AnalysisLimits.from_env(), Guard()  # a bad setting is its own error, not the model's
     try:
-        with warnings.catch_warnings(), bounded(limits, guard), tolerant_index_mapping() as unmappable:
+        with warnings.catch_warnings(), bounded(limits, guard), tolerant_index_mapping(unchanged=True) as unmappable:
             warnings.simplefilter("ignore")
             dg = dependency_graph(model, inputs)
             tp_groups, unsearched = _search_groups(dg, {model.get_submodule(n) for n in not_roots}, guard)

@@ -17,14 +17,14 @@ from tests.architectures import FAMILIES
 
 # What each family cannot prune, and why (checked exactly, so a change in coverage shows):
 HELD = {
-    "shufflenet_v2": {"body.1.branch.2.0": "moves the"},  # the split-and-shuffled trunk: its view splits channels
+    "shufflenet_v2": {"body.1.branch.2.0": "channel axis"},  # the split-and-shuffled trunk: its view splits channels
     # nn.MultiheadAttention as given: the residual stream is held (heads need embed_dim % heads == 0); as
     # `halp prune` runs it (vit_heads, HeadAttention) nothing is held
     "vit": {"blocks.1.mlp.2": "embed_dim"},
     # window attention: q, k, v reshaped into heads (the channel axis split), and the residual streams
     # reshaped to stored widths (found by the trial prune)
-    "maxvit": {"body.1.qkv": "moves the", "body.2.qkv": "moves the", "body.2.proj": "breaks the forward pass"},
-    "swin": {**{n: "moves the" for n in ("stage1.0.qkv", "stage1.1.qkv", "stage2.qkv")},
+    "maxvit": {"body.1.qkv": "channel axis", "body.2.qkv": "channel axis", "body.2.proj": "breaks the forward pass"},
+    "swin": {**{n: "channel axis" for n in ("stage1.0.qkv", "stage1.1.qkv", "stage2.qkv")},
              **{n: "breaks the forward pass" for n in ("stage1.1.mlp.2", "stage2.mlp.2")}},
 }  # fmt: skip
 UNMODELLED = {"googlenet_aux": 0.78, "vit": 0.26}  # aux head (training only); attention's in-projection

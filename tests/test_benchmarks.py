@@ -167,6 +167,13 @@ def check_peers(body: dict) -> None:
     assert set(body["summary"][ratio]) == set(PEERS)
 
 
+def check_architectures(body: dict) -> None:
+    (run,) = body["runs"]  # torchvision's ShuffleNetV2 x0.5, the real definition
+    assert "error" not in run and run["met"] and run["within_bounds"], run
+    assert run["groups_pruned"] > 0 and run["held"] and run["ort_max_abs_diff"] < 1e-3
+    assert list(run["stages"]) == ["analyse", "prune", "forward", "onnx_runtime"]
+
+
 def check_flood(body: dict) -> None:
     """Every flooding request answered, each with what it deserves (timings are the full run's to judge)."""
     answers = body["answers"]
@@ -202,6 +209,7 @@ def check_profiling_cost(body: dict) -> None:
         ("detection", check_detection),
         ("peers", check_peers),
         ("flood", check_flood),
+        ("architectures", check_architectures),
     ],
 )
 def test_quick_benchmark_writes_results(script, check, tmp_path, request):
