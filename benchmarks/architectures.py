@@ -10,6 +10,7 @@ without its compiled ops as the tests do.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -114,6 +115,8 @@ def main() -> None:
         print(json.dumps(run_one(sys.argv[2]), default=str))
         return
     args = parse_args(__doc__)
+    if importlib.util.find_spec("torchvision") is None:
+        sys.exit("this benchmark needs torchvision's model definitions: pip install -e '.[dev]'")
     runs = []
     for name in QUICK if args.quick else MODELS:
         r = run_child(name)
