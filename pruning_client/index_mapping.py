@@ -36,6 +36,7 @@ _PASSES = tuple(name for name in dir(index_mapping) if name.startswith("update_"
 _SHAPES = "_halp_op_shapes"
 # ATen's own matmul kernels on >2-D inputs: the views around them are not seen from Python
 _MATMUL = re.compile(r"(Addmm|Mm|Bmm)Backward\d*$")
+_RESHAPE = re.compile("view|reshape", re.IGNORECASE)
 
 
 class UnmappableReshape(ValueError):
@@ -43,7 +44,7 @@ class UnmappableReshape(ValueError):
 
 
 class _ShapesSeen(TorchFunctionMode):
-    """Each op's first input and output shapes, keyed by the output's ``grad_fn`` (a graph node's)."""
+    """Each reshape's input and output shapes, keyed by the output's ``grad_fn`` (a graph node's)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,7 +53,8 @@ class _ShapesSeen(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         grad_fn = getattr(out, "grad_fn", None)
-        if grad_fn is not None and args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+        # only reshapes are looked up (Torch-Pruning's test for one); each entry keeps its grad_fn alive
+        if grad_fn is not None and _RESHAPE.search(grad_fn.name()) and args and isinstance(args[0], torch.Tensor):
             self.shapes.setdefault(grad_fn, (tuple(args[0].shape), tuple(out.shape)))
         return out
 
@@ -62,12 +64,14 @@ def _reshape_by_shapes(update):
 
     def reshape(graph, node):
         seen = getattr(graph, _SHAPES, {}).get(node.grad_fn)
-        if seen is None and any(_MATMUL.match(n.grad_fn.name()) for n in node.outputs if n.grad_fn is not None):
-            return None  # made inside a linear or matmul on a >2-D input: it folds the leading dimensions only
+        if seen is None:
+            if any(_MATMUL.match(n.grad_fn.name()) for n in node.outputs if n.grad_fn is not None):
+                return None  # made inside a linear or matmul on a >2-D input: it folds the leading dimensions only
+            return update(graph, node)
         channels = next(
             (c for n in node.inputs if (c := shape_infer.infer_out_channels_recursively(graph, n, [0]))), None
         )
-        if seen is None or channels is None:
+        if channels is None:
             return update(graph, node)
         before, after = seen
         if (before[1:2] == after[1:2] == (channels,)) or (before[-1] == after[-1] == channels):

@@ -35,6 +35,28 @@ def cost_tables() -> LatencyTables:
     return LatencyTables(fetch=lambda need: {k: {p: 5.0 + p[0] * p[1] for p in pts} for k, pts in need.items()})
 
 
+def prune_to_half(model: torch.nn.Module, x: torch.Tensor):
+    """analyse -> ``HALPPruner`` to half the predicted latency on ``cost_tables``, in 2 steps: the graph,
+    the pruner and its last step."""
+    graph = analyse(model, x[:1])
+    latency = LatencyModel(graph, cost_tables())
+    pruner = HALPPruner(model, x[:1], latency, target_ratio=0.5, steps=2, interval=1, block_size=4, allow_minimum=True)
+    for _ in range(2):
+        record = pruner.prune_now(magnitude_saliency(graph))
+    return graph, pruner, record
+
+
+def finalize_and_check_onnx(pruner: HALPPruner, x: torch.Tensor) -> torch.Tensor:
+    """The pruned model's output on ``x``, once ONNX Runtime has been checked to agree with it."""
+    pruned = pruner.finalize().eval()
+    with torch.no_grad():
+        out = pruned(x)
+    session = ort.InferenceSession(export_onnx(pruned, x), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(onnx_out, out.numpy(), rtol=1e-3, atol=1e-4)
+    return out
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_prunes_to_half_and_exports(family):
     factory, size = FAMILIES[family]
@@ -42,11 +64,7 @@ def test_family_prunes_to_half_and_exports(family):
     model = factory().eval()
     x = torch.randn(2, 3, size, size)
     expected_shape = model(x).shape
-    graph = analyse(model, x[:1])
-    latency = LatencyModel(graph, cost_tables())
-    pruner = HALPPruner(model, x[:1], latency, target_ratio=0.5, steps=2, interval=1, block_size=4, allow_minimum=True)
-    for _ in range(2):
-        record = pruner.prune_now(magnitude_saliency(graph))
+    graph, pruner, record = prune_to_half(model, x)
     held = HELD.get(family, {})
     assert sorted(graph.held) == sorted(held)
     assert all(why in graph.held[root] for root, why in held.items()), graph.held
@@ -55,13 +73,7 @@ def test_family_prunes_to_half_and_exports(family):
     assert pruned_groups and not any(g.held for g in pruned_groups)
     # half the predicted latency, unless what is held costs more than that: then the least that can be kept
     assert record.met or (held and pruner.keep_counts().tolist() == latency_floor(graph, pruner))
-    pruned = pruner.finalize().eval()
-    with torch.no_grad():
-        out = pruned(x)
-    assert out.shape == expected_shape
-    session = ort.InferenceSession(export_onnx(pruned, x), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    np.testing.assert_allclose(onnx_out, out.numpy(), rtol=1e-3, atol=1e-4)
+    assert finalize_and_check_onnx(pruner, x).shape == expected_shape
 
 
 def latency_floor(graph, pruner) -> list[int]:

@@ -9,18 +9,13 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
-from pruning_client.export import export_onnx
 from pruning_client.graph import analyse
-from pruning_client.latency import LatencyModel
 from pruning_client.prunability import hold_unprunable
-from pruning_client.pruner import HALPPruner
-from pruning_client.saliency import magnitude_saliency
 from pruning_client.thinning import pruned_copy
-from tests.test_architectures import cost_tables
+from tests.test_architectures import finalize_and_check_onnx, prune_to_half
 from tests.torchvision_models import models
 
 
@@ -60,18 +55,8 @@ MLP_IN = {"swin": "mlp.0", "maxvit": "mlp_layer.1"}
 
 
 def prune_to_half_and_export(model: torch.nn.Module, x: torch.Tensor):
-    graph = analyse(model, x[:1])
-    latency = LatencyModel(graph, cost_tables())
-    pruner = HALPPruner(model, x[:1], latency, target_ratio=0.5, steps=2, interval=1, block_size=4, allow_minimum=True)
-    for _ in range(2):
-        record = pruner.prune_now(magnitude_saliency(graph))
-    pruned = pruner.finalize().eval()
-    with torch.no_grad():
-        out = pruned(x)
-    session = ort.InferenceSession(export_onnx(pruned, x), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    np.testing.assert_allclose(onnx_out, out.numpy(), rtol=1e-3, atol=1e-4)
-    return graph, record, out
+    graph, pruner, record = prune_to_half(model, x)
+    return graph, record, finalize_and_check_onnx(pruner, x)
 
 
 def test_shufflenet_v2_prunes_its_branches_and_holds_the_shuffled_trunk_by_name():
