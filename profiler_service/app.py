@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,7 +18,7 @@ from profiler_service.jobs import JobManager
 from profiler_service.limits import BodyLimit
 from profiler_service.measurer import Measurer
 from profiler_service.metrics import Metrics
-from profiler_service.routes import device, jobs, lut, measure
+from profiler_service.routes import device, jobs, lut, measure, page
 from profiler_service.schemas import DeviceInfo
 from profiler_service.settings import Settings
 from profiler_service.state import ServiceState
@@ -114,12 +115,13 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
     app = FastAPIOffline(  # /docs and /redoc load their assets from this service, not a CDN
         title="HALP profiler service",
         version=API_VERSION,
-        description="Measures layer latency tables on this device.",
+        description="Measures layer latency tables on this device. [The service's page](/) shows them.",
         lifespan=lifespan,
     )
     app.state.halp_settings = settings
+    app.state.halp_started = time.monotonic()
     install_error_handlers(app)
-    for module in (device, lut, jobs, measure):
+    for module in (device, lut, jobs, measure, page):
         app.include_router(module.router)
     upload = (settings.max_upload_bytes, "HALP_MAX_UPLOAD_BYTES")
     body = (settings.max_body_bytes, "HALP_MAX_BODY_BYTES")

@@ -35,8 +35,11 @@ class Submitted:
     job: JobStatus | None
 
 
-def job_status(job) -> JobStatus:
-    return JobStatus(id=job.id, state=job.state, done=job.done, total=job.total, error=job.error)
+def job_status(job, shape: str | None = None) -> JobStatus:
+    return JobStatus(
+        id=job.id, state=job.state, done=job.done, total=job.total, error=job.error, shape=shape,
+        created_at=job.created_at, updated_at=job.updated_at,
+    )  # fmt: skip
 
 
 class JobManager:
@@ -121,7 +124,11 @@ class JobManager:
             job = store.get_job(session, job_id)
             if job is None:
                 return None
-            return job_status(job).model_copy(update={"shape": store.shape_key_of(session, job.shape_id)})
+            return job_status(job, store.shape_key_of(session, job.shape_id))
+
+    def recent(self, limit: int, active_only: bool = False) -> list[JobStatus]:
+        with self._sessions() as session:
+            return [job_status(j, key) for j, key in store.recent_jobs(session, self._device_id, limit, active_only)]
 
     def _enqueue(self, job_id: str) -> None:
         self._metrics.queue_depth.inc()

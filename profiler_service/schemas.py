@@ -136,11 +136,24 @@ class JobStatus(BaseModel):
     total: int
     error: str | None = None
     shape: str | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
 
 
 class LutSummary(BaseModel):
     shape: str
     points: int
+    first_measured: dt.datetime | None = None
+    last_measured: dt.datetime | None = None
+    last_job: str | None = None  # the newest job that asked for points of this shape
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    uptime_s: float
+    token_required: bool  # writes need a bearer token (HALP_API_TOKEN)
+    reads_protected: bool  # reads need it too (HALP_PROTECT_READS)
 
 
 class DeviceInfo(BaseModel):

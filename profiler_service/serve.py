@@ -48,6 +48,7 @@ def run(overrides: dict[str, Any], log_level: str, say: Callable[[str], None]) -
     url = f"http://{settings.host}:{settings.port}"
     say(
         f"HALP profiler: backend [bold]{worker.device['backend']}[/], store {settings.db_url}\n"
+        f"  open in a browser: {url}/  (the device, its tables and staircases, the queue)\n"
         f"  try: curl {url}/device   |   halp lut conv2d-k3x3-s1x1-p1x1-d1x1-g1-h28w28-b1-fp32 "
         f"--target {url} --cin 64 --cout 8..128:8   |   docs: {url}/docs"
     )

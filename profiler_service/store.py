@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import uuid
@@ -70,15 +71,27 @@ def add_point(session: Session, device_id: int, shape: int, cin: int, cout: int,
     )
 
 
-def shape_counts(session: Session, device_id: int) -> list[tuple[str, int]]:
+def shape_summaries(session: Session, device_id: int) -> list[tuple[str, int, dt.datetime, dt.datetime, str | None]]:
+    """Per shape with points: (key, points, first and last measured, the newest job that asked for it)."""
+    rank = func.row_number().over(partition_by=Job.shape_id, order_by=Job.created_at.desc()).label("n")
+    newest = select(Job.shape_id, Job.id, rank).where(Job.device_id == device_id).subquery()
     rows = session.execute(
-        select(Shape.key, func.count(Point.id))
+        select(Shape.key, func.count(Point.id), func.min(Point.measured_at), func.max(Point.measured_at), newest.c.id)
         .join(Point, Point.shape_id == Shape.id)
+        .outerjoin(newest, (newest.c.shape_id == Shape.id) & (newest.c.n == 1))
         .where(Point.device_id == device_id)
-        .group_by(Shape.key)
+        .group_by(Shape.key, newest.c.id)
         .order_by(Shape.key)
     )
-    return [(key, count) for key, count in rows]
+    return [tuple(row) for row in rows]
+
+
+def recent_jobs(session: Session, device_id: int, limit: int, active_only: bool = False) -> list[tuple[Job, str]]:
+    """The newest jobs first, each with its shape's key."""
+    query = select(Job, Shape.key).join(Shape, Shape.id == Job.shape_id).where(Job.device_id == device_id)
+    if active_only:
+        query = query.where(Job.state.in_(ACTIVE_STATES))
+    return [(job, key) for job, key in session.execute(query.order_by(Job.created_at.desc()).limit(limit))]
 
 
 def request_key(shape_key: str, pairs: Iterable[tuple[int, int]]) -> str:

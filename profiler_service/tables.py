@@ -108,7 +108,10 @@ class TableReader:
 
     def summaries(self) -> list[LutSummary]:
         with self._sessions() as session:
-            return [LutSummary(shape=k, points=n) for k, n in store.shape_counts(session, self._device_id)]
+            return [
+                LutSummary(shape=k, points=n, first_measured=first, last_measured=last, last_job=job)
+                for k, n, first, last, job in store.shape_summaries(session, self._device_id)
+            ]
 
     def read(
         self, shape: LayerShape, cin: Container[int] | None = None, cout: Container[int] | None = None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+import numpy as np
 
 from profiler_service.schemas import LutTable
 
@@ -53,7 +56,34 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def latency_steps_plot(report: dict, path: Path) -> Path:
+def figure_svg(fig) -> str:
+    """The figure as an SVG document, for pages that must open with no file or network beside them."""
+    buffer = io.StringIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="svg")
+    return buffer.getvalue()
+
+
+def report_figures(report: dict) -> dict[str, object]:
+    """Every figure of a run's report (its report.json), by file stem."""
+    figures = {"latency_steps": latency_steps_figure(report), "channels": channels_figure(report)}
+    if any(t.get("calibration_residuals") for t in report["targets"]):
+        figures["calibration"] = calibration_figure(report)
+    for i, staircase in enumerate(report_staircases(report)):
+        figures[staircase_stem(i)] = chosen_staircase_figure(staircase)
+    return figures
+
+
+def staircase_stem(i: int) -> str:
+    return "staircase" if i == 0 else f"staircase-{i + 1}"
+
+
+def report_staircases(report: dict) -> list[dict]:
+    """The staircases a report holds (reports before ``staircases`` held one, as ``staircase``)."""
+    return report.get("staircases") or ([report["staircase"]] if report.get("staircase") else [])
+
+
+def latency_steps_figure(report: dict):
     """Predicted and measured latency at each pruning step, per target, against the budgets."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -72,10 +102,25 @@ def latency_steps_plot(report: dict, path: Path) -> Path:
     ax.set_ylabel("latency (ms)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return save_figure(fig, path)
+    return fig
 
 
-def channels_plot(report: dict, path: Path) -> Path:
+def calibration_figure(report: dict):
+    """The latency model's leave-one-out errors on the paired samples, per target: how far a prediction
+    the schedule trusted could be from the measurement."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    for t, target in enumerate(report["targets"]):
+        errors = 100 * np.asarray(target.get("calibration_residuals") or [])
+        ax.scatter(errors, np.full(len(errors), t) + np.linspace(-0.15, 0.15, len(errors)), s=14, alpha=0.7)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(report["targets"])), [t["target"] for t in report["targets"]], fontsize=8)
+    ax.set_xlabel("leave-one-out error of the latency model (% of the measured latency)")
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def channels_figure(report: dict):
     """Output channels of every layer before and after pruning."""
     plt = pyplot()
     names = list(report["channels"])
@@ -88,10 +133,10 @@ def channels_plot(report: dict, path: Path) -> Path:
     ax.set_xticks(list(xs), names, rotation=90, fontsize=6)
     ax.set_ylabel("output channels")
     ax.legend()
-    return save_figure(fig, path)
+    return fig
 
 
-def chosen_staircase_plot(staircase: dict, path: Path) -> Path:
+def chosen_staircase_figure(staircase: dict):
     """One layer's measured latency against cout at its final cin, with the count HALP kept."""
     plt = pyplot()
     xs, ys = zip(*staircase["points"], strict=True)
@@ -103,7 +148,7 @@ def chosen_staircase_plot(staircase: dict, path: Path) -> Path:
     ax.set_title(staircase["shape"], fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    return save_figure(fig, path)
+    return fig
 
 
 def detections_plot(before, after, dataset, path: Path, images: int = 4, min_score: float = 0.3) -> Path:

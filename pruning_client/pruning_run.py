@@ -25,7 +25,7 @@ from pruning_client.graph import ModelGraph, analyse
 from pruning_client.landing import land_on_budget, side_by_side
 from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.pruner import HALPPruner, PruneStep
-from pruning_client.report import TargetReport, quality_warnings, staircase, target_reports, write_report
+from pruning_client.report import TargetReport, quality_warnings, staircases, target_reports, write_report
 from pruning_client.targets import Target, parallel
 from pruning_client.train import Trainer, run_with_progress
 from pruning_client.workflow import Run, input_shape
@@ -276,7 +276,7 @@ class PruneRun(Run):
             channels_after={lc.name: (lc.cin, lc.cout) for lc in final_graph.layers},
             model=pruned.cpu(),
             onnx_bytes=pruned_onnx,
-            staircase=staircase(targets[0].latency, final_graph, channels_before),
+            staircases=staircases(targets[0].latency, final_graph, channels_before),
             seconds=time.perf_counter() - self._start,
             graph={"held": graph.held, "unmodelled_weight_share": graph.unmodelled_weight_share},
             world=self.ctx.world,

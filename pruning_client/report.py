@@ -107,24 +107,32 @@ def target_reports(
     ]
 
 
-def staircase(latency: LatencyModel, graph: ModelGraph, channels_before: dict[str, tuple[int, int]]) -> dict | None:
-    """The slowest dense layer's row at its final cin, over cout up to its original count."""
+def staircases(
+    latency: LatencyModel, graph: ModelGraph, channels_before: dict[str, tuple[int, int]], count: int = 3
+) -> list[dict]:
+    """The rows of the slowest dense layers at their final cin, over cout up to their original counts:
+    the layers whose channels weigh most in the budget (layers of one shape at one cin draw one row, and
+    the others are named with it). Drawn from the points the run fetched (the knapsack priced every cout
+    at the cin it chose); a grid of 32 is fetched where fewer than 4 are known."""
     per_layer = latency.layer_latency(graph.sizes)
     dense = [i for i, lc in enumerate(graph.layers) if lc.shape.op == "conv2d" and lc.shape.groups != 0]
-    if not dense:
-        return None
-    layer = graph.layers[max(dense, key=lambda i: per_layer[i])]
-    original = channels_before[layer.name][1]
-    step = max(1, original // 32)
-    couts = sorted(set(range(step, original + 1, step)) | {layer.cout})
-    row = latency.row(layer.shape.key, layer.cin, couts)
-    return {
-        "layer": layer.name,
-        "shape": layer.shape.key,
-        "cin": layer.cin,
-        "chosen_cout": layer.cout,
-        "points": [[c, ms] for c, ms in zip(couts, row, strict=True)],
-    }
+    rows: dict[tuple[str, int, int], list] = {}
+    for i in sorted(dense, key=lambda i: -per_layer[i]):
+        lc = graph.layers[i]
+        rows.setdefault((lc.shape.key, lc.cin, channels_before[lc.name][1]), []).append(lc)
+    out = []
+    for (key, cin, original), layers in list(rows.items())[:count]:
+        known = {c for (k, c) in latency.tables.points.get(key, {}) if k == cin and c <= original}
+        couts = known | {lc.cout for lc in layers}
+        if len(couts) < 4:
+            couts |= set(range(max(1, original // 32), original + 1, max(1, original // 32)))
+        couts = sorted(couts)
+        out.append({
+            "layer": layers[0].name, "same_row": [{"layer": lc.name, "cout": lc.cout} for lc in layers[1:]], "shape": key, "cin": cin,
+            "chosen_cout": layers[0].cout,
+            "points": [[c, ms] for c, ms in zip(couts, latency.row(key, cin, couts), strict=True)],
+        })  # fmt: skip
+    return out
 
 
 def _jsonable(value: Any) -> Any:
@@ -148,7 +156,7 @@ def write_report(
     channels_after: dict[str, tuple[int, int]],
     model: nn.Module,
     onnx_bytes: bytes,
-    staircase: dict | None,
+    staircases: list[dict],
     seconds: float,
     graph: dict | None = None,
     world: int = 1,
@@ -176,7 +184,7 @@ def write_report(
             name: {"before": list(channels_before[name]), "after": list(channels_after.get(name, (0, 0)))}
             for name in channels_before
         },
-        "staircase": staircase,
+        "staircases": staircases,
         "warnings": warnings or [],  # what a person should look at before deploying (quality_warnings)
         "landing": landing or [],  # the rounds after the schedule: paired measurements, repair or give-back
         "graph": graph or {},
@@ -184,12 +192,23 @@ def write_report(
         "seconds": seconds,
     }
     (out / REPORT_JSON).write_text(json.dumps(body, indent=2))
-    (out / "report.md").write_text(markdown(body))
-    plots.latency_steps_plot(body, out / "latency_steps.png")
-    plots.channels_plot(body, out / "channels.png")
-    if staircase:
-        plots.chosen_staircase_plot(staircase, out / "staircase.png")
+    write_views(out, body)
     return out
+
+
+def write_views(out: Path, body: dict) -> list[Path]:
+    """What a person reads, all made from report.json's ``body``: report.md with its PNG plots, and
+    report.html, one file with the same plots as inline SVG that opens offline, from disk."""
+    from pruning_client.report_html import html
+
+    written = [out / "report.md", out / "report.html"]
+    written[0].write_text(markdown(body))
+    svgs = {}
+    for stem, fig in plots.report_figures(body).items():
+        svgs[stem] = plots.figure_svg(fig)
+        written.append(plots.save_figure(fig, out / f"{stem}.png"))
+    written[1].write_text(html(body, svgs, out))
+    return written
 
 
 def quality_warnings(quality: tuple[dict[str, float], dict[str, float]], max_drop: float) -> list[str]:
@@ -306,6 +325,8 @@ def markdown(body: dict) -> str:
     for name, c in body["channels"].items():
         lines.append(f"| {name} | {tuple(c['before'])} | {tuple(c['after'])} |")
     lines += ["", "![latency per step](latency_steps.png)", "", "![channels](channels.png)", ""]
-    if body.get("staircase"):
-        lines += ["![staircase](staircase.png)", ""]
+    if any(t.get("calibration_residuals") for t in body["targets"]):
+        lines += ["![the latency model's leave-one-out errors](calibration.png)", ""]
+    for i, s in enumerate(plots.report_staircases(body)):
+        lines += [f"![staircase of {s['layer']}]({plots.staircase_stem(i)}.png)", ""]
     return "\n".join(lines)

@@ -36,7 +36,8 @@ def test_grid_is_measured_stored_and_served(service):
         again = c.post(f"/lut/{CONV}", json=GRID)
         assert again.status_code == 200
         assert len(again.json()["points"]) == 6
-        assert c.get("/luts").json() == [{"shape": CONV, "points": 6}]
+        (summary,) = c.get("/luts").json()
+        assert summary["shape"] == CONV and summary["points"] == 6 and summary["last_job"] == job["id"]
         selected = c.get(f"/lut/{CONV}", params={"cin": "16", "cout": "8..16"}).json()
         assert {(p["cin"], p["cout"]) for p in selected["points"]} == {(16, 8), (16, 16)}
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 from pruning_client.models import resnet20
+from tests.browser import chromium, console_errors, requested_urls
 from tests.conftest import ServiceProcess, assert_steps_met_their_budgets, cache_env, halp
 from tests.test_remote import metric
 
@@ -75,8 +78,39 @@ def test_prune_writes_a_model_that_meets_the_budget_and_a_report(pruned_run):
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in resnet20(10).parameters())
 
-    shown = halp("report", str(out))
+    page = (out / "report.html").read_text()
+    (out / "report.html").unlink()
+    shown = halp("report", str(out))  # writes the views again from report.json
     assert shown.returncode == 0 and "speedup" in shown.stdout and service.url in shown.stdout
+    assert (out / "report.html").read_text().count("<svg") == page.count("<svg")
+
+
+@pytest.mark.slow
+def test_report_html_is_one_file_that_opens_offline_in_a_real_browser(pruned_run, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    _, out, result = pruned_run
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    page = (out / "report.html").read_text()
+    # self-contained: every src and href is inline data or a link within the page
+    assert re.findall(r'(?:src|href)="(?!data:|#)([^"]*)"', page) == []
+    shots = Path(os.environ.get("HALP_SCREENSHOTS", tmp_path))
+    with chromium(height=1600) as driver:
+        driver.get((out / "report.html").as_uri())
+        figures = driver.find_elements(By.CSS_SELECTOR, "figure svg")
+        staircases = driver.find_elements(By.CSS_SELECTOR, "figure.staircase svg")
+        # steps, calibration (residuals with 3+ samples), channels, and a staircase per layer reported
+        assert len(figures) == 2 + bool(report["targets"][0]["calibration_residuals"]) + len(report["staircases"])
+        assert report["staircases"] and len(staircases) == len(report["staircases"])
+        assert all(f.size["width"] > 300 and f.size["height"] > 150 for f in figures)  # drawn, not collapsed
+        text = driver.find_element(By.TAG_NAME, "body").text
+        assert report["settings"]["model"] in text and f"{report['targets'][0]['latency_ratio']:.3f}" in text
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#steps tbody tr")) == len(report["history"])
+        urls = {u for u in requested_urls(driver) if not u.startswith("data:")}
+        assert urls == {(out / "report.html").as_uri()}, urls  # nothing else: no network, no file beside it
+        assert console_errors(driver) == []
+        driver.save_screenshot(str(shots / "report-html.png"))
 
 
 @pytest.mark.slow

@@ -63,7 +63,8 @@ def _submit(svc: ServiceState, layer: LayerShape, body: LutRequest) -> Response:
     if submitted.job is None:
         table = svc.tables.read(layer, {c for c, _ in pairs}, {c for _, c in pairs})
         return Response(table.model_dump_json(), media_type="application/json")
-    return JSONResponse(submitted.job.model_dump(), status_code=202, headers={"Location": f"/jobs/{submitted.job.id}"})
+    job = submitted.job
+    return JSONResponse(job.model_dump(mode="json"), status_code=202, headers={"Location": f"/jobs/{job.id}"})
 
 
 @router.get("/luts", response_model=list[LutSummary], dependencies=[Depends(require_read)])

@@ -187,7 +187,7 @@ def prune(
 ) -> None:
     """Prune a model until its latency, measured by each target's service, meets the budget.
 
-    Writes model.pt, model.onnx, report.json, report.md and plots to --out, and a checkpoint after
+    Writes model.pt, model.onnx, report.json, report.md, report.html and plots to --out, and a checkpoint after
     every pruning step and epoch to OUT/checkpoints/last.pt; --resume OUT continues from it (its
     settings are the interrupted run's). Data-parallel under torchrun: torchrun --nproc-per-node N
     -m pruning_client.cli prune ... (rank 0 alone talks to the targets and writes files).
@@ -237,13 +237,18 @@ def _print_report(directory: Path) -> None:
     for label, cells in rows(body["targets"]):
         grid.add_row(label, *(c or "-" for c in cells))
     console.print(grid)
-    console.print(f"outputs in {directory}: model.pt, model.onnx, report.json, report.md, plots")
+    console.print(f"outputs in {directory}: model.pt, model.onnx, report.json, report.md, report.html, plots")
+    console.print(f"open in a browser: {(directory / 'report.html').resolve().as_uri()}")
 
 
 @app.command()
 def report(directory: Annotated[Path, typer.Argument(help="the --out directory of a finished halp prune")]) -> None:
-    """Print the report of a finished run as a table."""
+    """Print the report of a finished run as a table, and write its report.md, plots and report.html
+    again from its report.json."""
+    from pruning_client.report import load_report, write_views
+
     try:
+        write_views(directory, load_report(directory))
         _print_report(directory)
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise fail(str(e)) from None
