@@ -128,8 +128,8 @@ def staircases(
             couts |= set(range(max(1, original // 32), original + 1, max(1, original // 32)))
         couts = sorted(couts)
         out.append({
-            "layer": layers[0].name, "same_row": [{"layer": lc.name, "cout": lc.cout} for lc in layers[1:]], "shape": key, "cin": cin,
-            "chosen_cout": layers[0].cout,
+            "layer": layers[0].name, "shape": key, "cin": cin, "chosen_cout": layers[0].cout,
+            "same_row": [{"layer": lc.name, "cout": lc.cout} for lc in layers[1:]],
             "points": [[c, ms] for c, ms in zip(couts, latency.row(key, cin, couts), strict=True)],
         })  # fmt: skip
     return out

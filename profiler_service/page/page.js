@@ -181,6 +181,11 @@ function spread(values, n) {
 
 function drawStaircase() {
   const table = view.table;
+  if (typeof Plotly === "undefined") {
+    $("staircase-note").textContent = "No plot: the service could not serve Plotly's script (is the plotly " +
+      `package installed beside it?). The points are in GET /lut/${table.shape}.`;
+    return;
+  }
   const axis = $("axis").value;
   const other = axis === "cout" ? "cin" : "cout";
   const curves = new Map();

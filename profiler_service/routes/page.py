@@ -27,10 +27,14 @@ CSP = (
 )
 
 
-def _plotly_js() -> Path:
-    spec = importlib.util.find_spec("plotly")  # its directory, without importing the Python package
-    assert spec is not None and spec.submodule_search_locations, "plotly is a dependency of the service"
-    return Path(spec.submodule_search_locations[0]) / "package_data" / "plotly.min.js"
+def _plotly_js() -> Path | None:
+    """Plotly's bundle inside its Python package (found without importing it), where installed: a
+    service without it still serves the page, which says why it draws no staircase."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "package_data" / "plotly.min.js"
+    return path if path.is_file() else None
 
 
 ASSETS = {
@@ -38,6 +42,7 @@ ASSETS = {
     "page.css": (PAGE / "page.css", "text/css", "no-cache"),
     "plotly.min.js": (_plotly_js(), "text/javascript", "public, max-age=86400"),
 }
+PLOTLY_MISSING = "plotly is not installed with this service (pip install plotly): the page draws no staircase"
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -54,4 +59,6 @@ def asset(name: str) -> FileResponse:
     if name not in ASSETS:
         raise NotFound(f"no asset {name!r}")
     path, media_type, cache = ASSETS[name]
+    if path is None:
+        raise NotFound(PLOTLY_MISSING)
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": cache})
