@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 
 import torch
-import torch_pruning as tp
 from torch import nn
 from torch.nn import functional as F
+
+from pruning_client.heads import PrunableHeads
+from pruning_client.position_attention import (
+    from_relative_positional,
+    from_shifted_window,
+    is_relative_positional,
+    is_shifted_window,
+)
 
 log = logging.getLogger("halp.attention")
 
 
-class HeadAttention(nn.Module):
+class HeadAttention(PrunableHeads):
     """Drop-in for ``nn.MultiheadAttention`` (same call and returns) whose heads ``prune_heads`` removes."""
 
     def __init__(
@@ -35,16 +41,10 @@ class HeadAttention(nn.Module):
         dropout: float = 0.0,
         batch_first: bool = False,
     ) -> None:
-        super().__init__()
         if head_dim is None and embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not a multiple of num_heads {num_heads}")
-        self.num_heads, self.head_dim = num_heads, head_dim or embed_dim // num_heads
+        super().__init__(embed_dim, num_heads, head_dim or embed_dim // num_heads, (bias,) * 4, kdim, vdim)
         self.dropout, self.batch_first = dropout, batch_first
-        inner = self.num_heads * self.head_dim
-        self.q = nn.Linear(embed_dim, inner, bias)
-        self.k = nn.Linear(kdim or embed_dim, inner, bias)
-        self.v = nn.Linear(vdim or embed_dim, inner, bias)
-        self.out_proj = nn.Linear(inner, embed_dim, bias)
 
     def forward(
         self,
@@ -102,18 +102,6 @@ class HeadAttention(nn.Module):
             mask = m.to(dtype) if mask is None else mask + m.to(dtype)
         return mask
 
-    @torch.no_grad()
-    def prune_heads(self, heads: Sequence[int]) -> None:
-        """Remove the given heads: their rows of q, k, v and their columns of the output projection."""
-        drop = set(int(h) for h in heads)
-        if not drop <= set(range(self.num_heads)) or len(drop) >= self.num_heads:
-            raise ValueError(f"cannot remove heads {sorted(drop)} of {self.num_heads}")
-        channels = [h * self.head_dim + d for h in sorted(drop) for d in range(self.head_dim)]
-        for linear in (self.q, self.k, self.v):
-            tp.prune_linear_out_channels(linear, channels)
-        tp.prune_linear_in_channels(self.out_proj, channels)
-        self.num_heads -= len(drop)
-
 
 @torch.no_grad()
 def from_multihead(mha: nn.MultiheadAttention) -> HeadAttention | None:
@@ -143,15 +131,24 @@ def from_multihead(mha: nn.MultiheadAttention) -> HeadAttention | None:
 
 
 def convert_attention(model: nn.Module) -> list[str]:
-    """Replace every ``nn.MultiheadAttention`` in ``model`` by the equivalent ``HeadAttention``, in place;
-    the names of those replaced (ones it cannot reproduce stay, and are logged)."""
+    """Replace, in place, every attention whose heads cannot be pruned as it is by the same function with
+    prunable heads: ``nn.MultiheadAttention`` by ``HeadAttention``, torchvision's Swin (V1, V2) window
+    attention and MaxViT's relative-position attention by ``position_attention``'s. The names of those
+    replaced (an ``nn.MultiheadAttention`` it cannot reproduce stays, and is logged)."""
     replaced = []
     for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.MultiheadAttention):
-            continue
-        attention = from_multihead(module)
-        if attention is None:
-            log.warning("%s keeps nn.MultiheadAttention (key/value biases or zero attention): heads not pruned", name)
+        if isinstance(module, nn.MultiheadAttention):
+            attention = from_multihead(module)
+            if attention is None:
+                log.warning(
+                    "%s keeps nn.MultiheadAttention (key/value biases or zero attention): heads not pruned", name
+                )
+                continue
+        elif is_shifted_window(module):
+            attention = from_shifted_window(module)
+        elif is_relative_positional(module):
+            attention = from_relative_positional(module)
+        else:
             continue
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, attention)

@@ -24,7 +24,7 @@ from torch import nn
 
 from profiler_service.shapes import Dtype, LayerShape
 from pruning_client.analysis_limits import AnalysisLimits, AnalysisTooLarge, Guard, SearchTooLarge, bounded
-from pruning_client.attention import HeadAttention
+from pruning_client.heads import PrunableHeads
 from pruning_client.index_mapping import dependency_graph, tolerant_index_mapping, unmapped
 from pruning_client.layers import GraphError, conv_groups, is_depthwise, layer_shape, trace_calls
 
@@ -52,7 +52,7 @@ class ChannelGroup:
     # chunk must keep the same positions, or the conv's groups would differ in width.
     chunks: int = 1
     held: str | None = None  # why the group keeps all its channels, when it cannot be pruned
-    # Layer channels per group channel: 1, or head_dim for the heads of a ``HeadAttention`` (root), whose
+    # Layer channels per group channel: 1, or head_dim for the heads of a ``PrunableHeads`` (root), whose
     # group channels are its heads and whose items map each head's channels to it.
     unit: int = 1
 
@@ -174,9 +174,13 @@ def _analyse(
     names = {m: n for n, m in model.named_modules()}
     # a held container (``--fixed blocks.3``) holds every conv/linear in it
     fixed = set(output_layers) | {names[m] for held in ignored_layers for m in held.modules() if _is_layer(m)}
-    heads = {n: m for n, m in model.named_modules() if isinstance(m, HeadAttention)}
-    # heads are grouped here, not by the dependency graph: their q, k, v outputs are no group's root
-    not_roots = fixed | {f"{n}.{p}" for n in heads for p in ("q", "k", "v")}
+    heads = {n: m for n, m in model.named_modules() if isinstance(m, PrunableHeads)}
+    # heads are grouped here, not by the dependency graph: their q, k, v outputs are no group's root, nor
+    # is a layer of a position bias (Swin V2's MLP: its output is a slot per head)
+    not_roots = fixed | {
+        f"{n}.{sub}" for n, attention in heads.items() for sub, m in attention.named_modules()
+        if _is_layer(m) and sub != "out_proj"
+    }  # fmt: skip
     limits, guard = AnalysisLimits.from_env(), Guard()  # a bad setting is its own error, not the model's
     try:
         with warnings.catch_warnings(), bounded(limits, guard), tolerant_index_mapping(unchanged=True) as unmappable:
@@ -294,7 +298,7 @@ def _is_layer(m: nn.Module) -> bool:
 
 
 def _head_group(
-    gid: int, name: str, attention: HeadAttention, fixed: set[str], in_terms: dict, out_terms: dict
+    gid: int, name: str, attention: PrunableHeads, fixed: set[str], in_terms: dict, out_terms: dict
 ) -> ChannelGroup:
     """The heads of one attention: a group of ``num_heads`` channels, each ``head_dim`` rows of q, k and v
     and as many columns of the output projection."""

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from pruning_client.attention import HeadAttention
 from pruning_client.graph import ExampleInputs, ModelGraph, analyse
+from pruning_client.heads import PrunableHeads
 from pruning_client.index_mapping import tolerant_index_mapping
 from pruning_client.layers import GraphError
 
@@ -28,7 +28,7 @@ def prune_groups(graph: ModelGraph, remove: dict[int, np.ndarray]) -> nn.Module:
             if len(idxs) >= group.size:
                 raise GraphError(f"group {gid} ({group.root}) would lose all {group.size} channels")
             root = graph.module(group.root)
-            if isinstance(root, HeadAttention):
+            if isinstance(root, PrunableHeads):
                 root.prune_heads(idxs)
                 continue
             handler = graph.dg.get_pruner_of_module(root).prune_out_channels

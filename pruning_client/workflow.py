@@ -155,12 +155,13 @@ class Run:
     def analyse(self, model: nn.Module, example: torch.Tensor) -> ModelGraph:
         """The graph to prune: ``--fixed`` modules held out, groups that break when pruned held.
 
-        ``nn.MultiheadAttention`` in ``model`` is replaced (in place, before any training) by the
-        equivalent ``HeadAttention``, whose projections the tables time and whose heads can go.
+        Attention whose heads cannot go as it is (``nn.MultiheadAttention``, torchvision's Swin and MaxViT
+        attention) is replaced in place, before any training, by the same function with prunable heads
+        (``attention.convert_attention``), whose projections the tables time.
         """
         if converted := convert_attention(model):
             self.ui.stage(
-                f"nn.MultiheadAttention at {', '.join(converted)} runs as HeadAttention (the same outputs; its "
+                f"attention at {', '.join(converted)} runs with prunable heads (the same outputs; its "
                 "projections are timed linear layers and whole heads can be pruned)"
             )
         names = dict(model.named_modules())

@@ -35,12 +35,13 @@ def cost_tables() -> LatencyTables:
     return LatencyTables(fetch=lambda need: {k: {p: 5.0 + p[0] * p[1] for p in pts} for k, pts in need.items()})
 
 
-def prune_to_half(model: torch.nn.Module, x: torch.Tensor):
+def prune_to_half(model: torch.nn.Module, x: torch.Tensor, block_size: int = 4):
     """analyse -> ``HALPPruner`` to half the predicted latency on ``cost_tables``, in 2 steps: the graph,
     the pruner and its last step."""
     graph = analyse(model, x[:1])
     latency = LatencyModel(graph, cost_tables())
-    pruner = HALPPruner(model, x[:1], latency, target_ratio=0.5, steps=2, interval=1, block_size=4, allow_minimum=True)
+    pruner = HALPPruner(model, x[:1], latency, target_ratio=0.5, steps=2, interval=1, block_size=block_size,
+                         allow_minimum=True)  # fmt: skip
     for _ in range(2):
         record = pruner.prune_now(magnitude_saliency(graph))
     return graph, pruner, record

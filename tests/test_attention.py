@@ -119,7 +119,7 @@ def test_a_run_converts_multihead_attention_and_fixed_holds_a_whole_block():
     run = Run(RunSettings(targets=["http://127.0.0.1:1"], fixed=["blocks.0"]), ui=ui)
     model = ViT()
     graph = run.analyse(model, torch.randn(1, 3, 32, 32))
-    assert any("runs as HeadAttention" in line and "blocks.1.attention" in line for line in ui.lines)
+    assert any("runs with prunable heads" in line and "blocks.1.attention" in line for line in ui.lines)
     assert isinstance(model.blocks[0].attention, HeadAttention)
     by_root = {g.root: g for g in graph.groups}
     assert by_root["blocks.0.attention"].held == "held by --fixed" and not by_root["blocks.1.attention"].held

@@ -77,9 +77,19 @@ def test_the_read_endpoints_the_page_views(served):
 
 
 def _wait(driver, condition, timeout: float = 30.0):
+    """Until ``condition`` holds; the queue is drawn anew at every poll, so an element found a moment ago
+    may be gone (stale): that is "not yet", not a failure."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=ignored).until(condition)
+
+
+def _click(driver, css: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, css).click() or True)
 
 
 def _rows(driver, table: str):
@@ -132,7 +142,7 @@ def test_the_service_page_in_a_real_browser(served, tmp_path):
         _wait(driver, lambda d: [r.get_attribute("data-shape") for r in _rows(d, "luts")] == [POINTWISE, STAIRS])
         driver.find_element(By.CSS_SELECTOR, '#luts th[data-key="points"]').click()  # again: descending
         _wait(driver, lambda d: [r.get_attribute("data-shape") for r in _rows(d, "luts")] == [STAIRS, POINTWISE])
-        driver.find_element(By.CSS_SELECTOR, f'#luts tr[data-shape="{STAIRS}"] button').click()
+        _click(driver, f'#luts tr[data-shape="{STAIRS}"] button')
         _wait(driver, lambda d: _traces(d) == 2 * len(STAIRS_GRID["cin"]))
         assert "40 points measured" in driver.find_element(By.ID, "staircase-note").text
         Select(driver.find_element(By.ID, "axis")).select_by_value("cin")  # a curve per cout: 8 of them
@@ -147,7 +157,7 @@ def test_the_service_page_in_a_real_browser(served, tmp_path):
         _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, long_row).get_attribute("data-state") == "running")
         _wait(driver, lambda d: int(d.find_element(By.CSS_SELECTOR, f"{long_row} progress").get_attribute("value")) > 0)
         driver.save_screenshot(str(shots / "service-page.png"))
-        driver.find_element(By.CSS_SELECTOR, f"{long_row} button.cancel").click()
+        _click(driver, f"{long_row} button.cancel")
         _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, long_row).get_attribute("data-state") == "cancelled")
         assert client.get(f"/jobs/{jobs[LONG]}").json()["state"] == "cancelled"
 
