@@ -113,7 +113,8 @@ def staircases(
     """The rows of the slowest dense layers at their final cin, over cout up to their original counts:
     the layers whose channels weigh most in the budget (layers of one shape at one cin draw one row, and
     the others are named with it). Drawn from the points the run fetched (the knapsack priced every cout
-    at the cin it chose); a grid of 32 is fetched where fewer than 4 are known."""
+    at the cin it chose); only the slowest row fetches a grid of 32 where fewer than 4 points are known,
+    the others are left out then (each point would be a measurement on the target)."""
     per_layer = latency.layer_latency(graph.sizes)
     dense = [i for i, lc in enumerate(graph.layers) if lc.shape.op == "conv2d" and lc.shape.groups != 0]
     rows: dict[tuple[str, int, int], list] = {}
@@ -121,10 +122,12 @@ def staircases(
         lc = graph.layers[i]
         rows.setdefault((lc.shape.key, lc.cin, channels_before[lc.name][1]), []).append(lc)
     out = []
-    for (key, cin, original), layers in list(rows.items())[:count]:
+    for (key, cin, original), layers in rows.items():
         known = {c for (k, c) in latency.tables.points.get(key, {}) if k == cin and c <= original}
         couts = known | {lc.cout for lc in layers}
         if len(couts) < 4:
+            if out:
+                continue
             couts |= set(range(max(1, original // 32), original + 1, max(1, original // 32)))
         couts = sorted(couts)
         out.append({
@@ -132,6 +135,8 @@ def staircases(
             "same_row": [{"layer": lc.name, "cout": lc.cout} for lc in layers[1:]],
             "points": [[c, ms] for c, ms in zip(couts, latency.row(key, cin, couts), strict=True)],
         })  # fmt: skip
+        if len(out) == count:
+            break
     return out
 
 
