@@ -118,14 +118,7 @@ def from_multihead(mha: nn.MultiheadAttention) -> HeadAttention | None:
         weights = mha.in_proj_weight.chunk(3)
     else:
         weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
-    biases = mha.in_proj_bias.chunk(3) if bias else (None,) * 3
-    for linear, w, bb in zip((attention.q, attention.k, attention.v), weights, biases, strict=True):
-        linear.weight.copy_(w)
-        if bb is not None:
-            linear.bias.copy_(bb)
-    attention.out_proj.weight.copy_(mha.out_proj.weight)
-    if mha.out_proj.bias is not None and attention.out_proj.bias is not None:
-        attention.out_proj.bias.copy_(mha.out_proj.bias)
+    attention.load_projections(weights, mha.in_proj_bias.chunk(3) if bias else (None,) * 3, mha.out_proj)
     attention.train(mha.training)
     return attention
 

@@ -32,6 +32,18 @@ class PrunableHeads(nn.Module):
         self.out_proj = nn.Linear(inner, embed_dim, bias[3])
 
     @torch.no_grad()
+    def load_projections(self, weights, biases, out: nn.Linear) -> None:
+        """Take the weights of an attention being converted: q, k, v ``weights`` and ``biases`` (None where
+        it has none, or where this one has none: Swin V2's key), and its output projection ``out``."""
+        for linear, w, b in zip((self.q, self.k, self.v), weights, biases, strict=True):
+            linear.weight.copy_(w)
+            if linear.bias is not None and b is not None:
+                linear.bias.copy_(b)
+        self.out_proj.weight.copy_(out.weight)
+        if self.out_proj.bias is not None and out.bias is not None:
+            self.out_proj.bias.copy_(out.bias)
+
+    @torch.no_grad()
     def prune_heads(self, heads: Sequence[int]) -> None:
         """Remove the given heads: their rows of q, k, v, their columns of the output projection, and
         whatever else has a slot per head."""

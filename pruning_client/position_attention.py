@@ -143,18 +143,9 @@ def _shift_mask(ph: int, pw: int, window: list[int], shift: list[int], like: tor
     return torch.zeros_like(apart, dtype=like.dtype).masked_fill(apart, -100.0).unsqueeze(1)
 
 
-@torch.no_grad()
 def _split_projection(attention: PrunableHeads, qkv: nn.Linear, out: nn.Linear) -> None:
-    """Copy a fused qkv projection (q, k, v rows stacked) and the output projection into ``attention``."""
-    weights = qkv.weight.chunk(3)
-    biases = qkv.bias.chunk(3) if qkv.bias is not None else (None,) * 3
-    for linear, w, b in zip((attention.q, attention.k, attention.v), weights, biases, strict=True):
-        linear.weight.copy_(w)
-        if linear.bias is not None and b is not None:
-            linear.bias.copy_(b)
-    attention.out_proj.weight.copy_(out.weight)
-    if attention.out_proj.bias is not None:
-        attention.out_proj.bias.copy_(out.bias)
+    """Load a fused qkv projection (q, k, v rows stacked) and the output projection into ``attention``."""
+    attention.load_projections(qkv.weight.chunk(3), qkv.bias.chunk(3) if qkv.bias is not None else (None,) * 3, out)
 
 
 def from_shifted_window(module: nn.Module) -> ShiftedWindowHeadAttention:
