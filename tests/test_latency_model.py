@@ -53,8 +53,9 @@ def test_prediction_matches_side_by_side_measurement(setup):
     n = len(probes)
     fit = latency.calibrate(list(zip(configs[:n], measured[:n], strict=True)))
     # leave-one-out of three samples is a line through two, extrapolated: it multiplies their few per cent
-    # of noise by 2-4 (12.6 % seen beside held-out errors under 5 %); the held-out errors are the claim
-    assert fit.a > 0 and len(fit.residuals) == n and all(abs(r) < 0.2 for r in fit.residuals), fit
+    # of noise by 2-4 (12.6 % and, on a clean-clone CI's first step, 20.6 % seen); a sanity bound only:
+    # the held-out errors below are the claim
+    assert fit.a > 0 and len(fit.residuals) == n and all(abs(r) < 0.3 for r in fit.residuals), fit
     errors = np.array([abs(latency.predict(k) - m) / m for k, m in zip(configs[n:], measured[n:], strict=True)])
     assert np.median(errors) <= 0.05 and errors.max() <= 0.10, np.round(errors, 3)
 
