@@ -220,8 +220,12 @@ class HALPPruner:
         keep_now = self.keep_counts()
         sums_now = [lm.table_sum(keep_now) for lm in self.models]
         capacity = np.array([lm.to_table(b) - s for b, lm, s in zip(budgets, self.models, sums_now, strict=True)])
+        floor_ms, reachable = self._floor(importance, budgets, grow)
         while True:
             orders, counts, values, lo = self._choices(importance, grow)
+            if not reachable:  # the finest blocks' minimum, without a curve point asked for
+                k, predicted, tightenings, met = np.array(lo), floor_ms, 0, False
+                break
             # costs are only defined where a group keeps channels: reuse the smallest allowed count below it
             curve_counts = [np.maximum(c, c[m]) for c, m in zip(counts, lo, strict=True)]
             self._prefetch([lm.curve_points(keep_now, curve_counts) for lm in self.models])
@@ -348,6 +352,26 @@ class HALPPruner:
             values.append(np.concatenate(([0.0], np.cumsum(score[order])))[c])
             lo.append(min(self.min_keep_blocks, blocks))
         return orders, counts, values, lo
+
+    def _floor(self, importance: list[np.ndarray], budgets: list[float], grow: bool) -> tuple[list[float], bool]:
+        """Per target, the predicted latency of the smallest model any blocks allow (every unheld group at
+        ``min_keep_blocks`` blocks of one position), and whether every budget is within it; where one is
+        not, the blocks are left that fine (the minimum kept is then that model).
+
+        Its table points are one per layer. Finding a budget out of reach by halving blocks instead
+        asks for every finer block's cost curves first: 6,274 points on a CPU service for ResNet-20,
+        minutes of a run spent proving that nothing fits.
+        """
+        coarse = self.block_sizes
+        self.block_sizes = [b if g.held else g.chunks for g, b in zip(self.graph.groups, coarse, strict=True)]
+        _, counts, _, lo = self._choices(importance, grow)
+        floor = np.array([c[m] for c, m in zip(counts, lo, strict=True)])
+        self._prefetch([lm.points_for(floor) for lm in self.models])
+        floor_ms = [lm.predict(floor) for lm in self.models]
+        reachable = all(p <= b for p, b in zip(floor_ms, budgets, strict=True))
+        if reachable:
+            self.block_sizes = coarse
+        return floor_ms, reachable
 
     def _finer_blocks(self, k: np.ndarray, lo: list[int]) -> bool:
         """Halve the blocks of the groups held at their minimum; False when none can shrink.

@@ -105,6 +105,27 @@ def test_an_unreachable_budget_stops_the_run_after_one_recheck_naming_the_target
     assert len(pruner.history) == 1 and all((m == before).all() for m, before in zip(pruner.masks, masks, strict=True))
 
 
+def test_a_budget_out_of_reach_is_found_on_one_table_point_per_layer():
+    """Seen on a 2-thread CPU service: a fit with its intercept near the budget made every solve halve
+    blocks down to single channels, each halving asking for its cost curves (6,274 points, minutes),
+    only to find nothing fits. The smallest model any blocks allow is priced first."""
+    model = resnet20(10)
+    x, graph, _ = synthetic(model)
+    asked: list[int] = []
+
+    def fetch(need):
+        asked.append(sum(len(pts) for pts in need.values()))
+        return {k: {p: 5.0 + p[0] * p[1] for p in pts} for k, pts in need.items()}
+
+    latency = LatencyModel(graph, LatencyTables(fetch=fetch))
+    pruner = HALPPruner(model, x, latency, target_ratio=0.001, steps=2, interval=1, block_size=8)
+    pruner.prune_now(magnitude_saliency(graph))  # within reach: curves asked for as usual
+    asked.clear()
+    with pytest.raises(BudgetOutOfReach):
+        pruner.prune_now(magnitude_saliency(graph))
+    assert sum(asked) <= len(graph.layers)  # none here: step 1 priced the same floor
+
+
 def test_an_unreachable_budget_keeps_the_minimum_when_asked_and_says_so():
     model = resnet20(10)
     x, graph, latency = synthetic(model)
