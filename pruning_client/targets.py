@@ -21,6 +21,8 @@ from pruning_client.latency import LatencyModel, Needed, Point
 
 T = TypeVar("T")
 ROUNDS = 5  # interleaved measurements per comparison; one ratio alone spread +-4 % on a 2-core VM
+NOISY = 0.10  # a comparison whose rounds spread more than this is timed again ...
+MAX_SETS = 3  # ... up to this many sets of ROUNDS rounds in all
 
 
 class Profiler(Protocol):
@@ -63,21 +65,50 @@ class Paired:
     """A candidate timed against the reference in the same rounds: drift between rounds cancels in ``ratio``."""
 
     ratio: float  # median over the rounds of candidate / reference within a round
-    spread: float  # half the range of the rounds' ratios, relative to ``ratio``: what one comparison can tell
+    spread: float  # half the range of the rounds' ratios (bursts trimmed, see ``paired``), relative to ``ratio``
     reference: MeasureResult  # the median round of each
     candidate: MeasureResult
+    rounds: int = ROUNDS  # rounds pooled: more where the first set was noisy
+
+    def describe(self) -> str:
+        again = f", {self.rounds} rounds" if self.rounds > ROUNDS else ""
+        return f"{self.ratio:.3f} x unpruned (+-{self.spread:.1%}{again})"
+
+
+def _spread(ratios: Sequence[float], sets: int) -> float:
+    """Half the range of the ratios, the ``sets - 1`` extreme rounds at either end dropped: each set timed
+    again buys one round a noise burst may have spoiled (one set: the plain half range)."""
+    middle = np.sort(ratios)[sets - 1 : len(ratios) - sets + 1]
+    return float(np.ptp(middle)) / 2 / float(np.median(ratios))
 
 
 def paired(profiler: Profiler, reference: bytes, candidates: Sequence[bytes], input_shape: str) -> list[Paired]:
-    """Each candidate's latency as a ratio of the reference's, timed interleaved with it on one target."""
-    sides = _rounds(profiler, [reference, *candidates], input_shape)
-    ref = np.array([r.median_ms for r in sides[0]])
-    out = []
-    for side in sides[1:]:
-        ratios = np.array([r.median_ms for r in side]) / ref
-        median = float(np.median(ratios))
-        out.append(Paired(median, float(np.ptp(ratios)) / 2 / median, _median_run(sides[0]), _median_run(side)))
-    return out
+    """Each candidate's latency as a ratio of the reference's, timed interleaved with it on one target.
+
+    A candidate whose rounds spread more than ``NOISY`` is timed again, a set of ``ROUNDS`` rounds at a
+    time (up to ``MAX_SETS``), and its rounds pooled: a ratio read once in a burst on a busy host
+    (1.09 x unpruned for a model pruned to 0.7, +-85 %) is what a calibration must not be fitted to.
+    """
+    refs: list[MeasureResult] = []
+    sides: list[list[MeasureResult]] = [[] for _ in candidates]
+    ratios: list[list[float]] = [[] for _ in candidates]
+    sets = [0] * len(candidates)
+    todo = list(range(len(candidates)))
+    for _ in range(MAX_SETS):
+        timed = _rounds(profiler, [reference, *(candidates[i] for i in todo)], input_shape)
+        refs += timed[0]
+        ref = np.array([r.median_ms for r in timed[0]])
+        for i, side in zip(todo, timed[1:], strict=True):
+            sides[i] += side
+            ratios[i] += (np.array([r.median_ms for r in side]) / ref).tolist()
+            sets[i] += 1
+        todo = [i for i in todo if _spread(ratios[i], sets[i]) > NOISY]
+        if not todo:
+            break
+    return [
+        Paired(float(np.median(r)), _spread(r, n), _median_run(refs), _median_run(side), len(r))
+        for r, n, side in zip(ratios, sets, sides, strict=True)
+    ]
 
 
 @dataclass
@@ -145,14 +176,12 @@ class Target:
         missed = self.latency.predict(keep) / ms - 1
         self.samples.append((keep.copy(), ms))
         if self.latency.calibration.kind == "tables":  # --no-calibrate: the tables' sum stays the prediction
-            return f"measured {pair.ratio:.3f} x unpruned (+-{pair.spread:.1%}, predicted {missed:+.1%})"
+            return f"measured {pair.describe()}, predicted {missed:+.1%}"
         previous = self.latency.calibration
         try:
             cal = self.latency.calibrate(self.samples)
         except CalibrationError as e:
             self.latency.calibration = previous
-            return f"measured {pair.ratio:.3f} x unpruned (predicted {missed:+.1%}); no line fits ({e}): kept the fit"
-        return (
-            f"measured {pair.ratio:.3f} x unpruned (+-{pair.spread:.1%}, predicted {missed:+.1%}); "
-            f"refit on {len(self.samples)} samples: {cal.describe()}"
-        )
+            return f"measured {pair.describe()}, predicted {missed:+.1%}; no line fits ({e}): kept the fit"
+        refit = f"refit on {len(self.samples)} samples: {cal.describe()}"
+        return f"measured {pair.describe()}, predicted {missed:+.1%}; {refit}"

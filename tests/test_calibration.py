@@ -14,7 +14,7 @@ from pruning_client.export import export_onnx
 from pruning_client.graph import analyse
 from pruning_client.latency import LatencyModel, LatencyTables
 from pruning_client.models import resnet20
-from pruning_client.targets import ROUNDS, Paired, Target
+from pruning_client.targets import MAX_SETS, NOISY, ROUNDS, Paired, Target, paired
 
 
 def test_a_line_is_recovered_and_its_inverse_gives_the_capacity():
@@ -110,6 +110,21 @@ class ScriptedTimings:
     def measure(self, onnx_bytes: bytes, input_shape: str | None = None) -> MeasureResult:
         ms = next(self.timings)
         return MeasureResult(fingerprint="scripted", backend="scripted", median_ms=ms, p10_ms=ms, p90_ms=ms, runs=1)
+
+
+def test_a_comparison_spoiled_by_a_burst_is_timed_again_and_its_rounds_pooled():
+    """The ratio that made a run stall: 1.09 x unpruned (+-85 %) read once for a model pruned to 0.7."""
+    burst = [1.0, 0.7, 1.0, 0.7, 1.0, 1.9, 1.0, 0.2, 1.0, 0.7]  # rounds of (unpruned, candidate)
+    steady = [1.0, 0.7] * ROUNDS
+    (pair,) = paired(ScriptedTimings(burst + steady), b"unpruned", [b"candidate"], "1x3x32x32")
+    assert pair.rounds == 2 * ROUNDS and pair.ratio == pytest.approx(0.7)
+    assert pair.spread == 0.0  # the two extreme rounds dropped: one per set timed again
+    assert "10 rounds" in pair.describe()
+    (clean,) = paired(ScriptedTimings(steady), b"unpruned", [b"candidate"], "1x3x32x32")
+    assert clean.rounds == ROUNDS and "rounds" not in clean.describe()  # a steady pair is timed once
+    hopeless = [1.0, 0.2, 1.0, 1.9] * (MAX_SETS * ROUNDS)
+    (noisy,) = paired(ScriptedTimings(hopeless), b"unpruned", [b"candidate"], "1x3x32x32")
+    assert noisy.rounds == MAX_SETS * ROUNDS and noisy.spread > NOISY  # and then believed no more than it says
 
 
 @pytest.mark.parametrize(
