@@ -1,11 +1,12 @@
 """Issue 25: torchvision's own ShuffleNetV2, Swin and MaxViT through the library path, each within 300 s and 4 GiB.
 
-Each model (random weights, 224x224, one thread) runs in a child process of its own: ``graph.analyse``
--> ``HALPPruner`` to half the predicted latency on FLOPs tables (every point the layer's
-multiply-accumulates: no service needed) in 2 steps -> ``finalize`` -> forward -> ``export_onnx`` ->
-ONNX Runtime, whose output is compared with PyTorch's. The parent kills a child past 300 s and reads
-its peak resident memory from the kernel (``wait4``). Needs torchvision (the ``dev`` extra), imported
-without its compiled ops as the tests do.
+Each model (random weights, 224x224, one thread) runs in a child process of its own: its attention
+converted to prunable heads as every run does (``convert_attention``; ``--no-convert`` keeps
+torchvision's own modules) -> ``graph.analyse`` -> ``HALPPruner`` to half the predicted latency on
+FLOPs tables (every point the layer's multiply-accumulates: no service needed) in 2 steps ->
+``finalize`` -> forward -> ``export_onnx`` -> ONNX Runtime, whose output is compared with PyTorch's.
+The parent kills a child past 300 s and reads its peak resident memory from the kernel (``wait4``).
+Needs torchvision (the ``dev`` extra), imported without its compiled ops as the tests do.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ QUICK = ["shufflenet_v2_x0_5"]
 SECONDS, MEMORY_MB = 300, 4096
 
 
-def run_one(name: str) -> dict:
+def run_one(name: str, convert: bool) -> dict:
     """The whole path for one model, in this process; each stage's time, or where it raised and what."""
     import numpy as np
     import onnxruntime as ort
     import torch
 
+    from pruning_client.attention import convert_attention
     from pruning_client.export import export_onnx
     from pruning_client.graph import analyse
+    from pruning_client.heads import PrunableHeads
     from pruning_client.latency import LatencyModel
     from pruning_client.pruner import HALPPruner
     from pruning_client.saliency import magnitude_saliency
@@ -42,7 +45,7 @@ def run_one(name: str) -> dict:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    result: dict = {"model": name, "stages": {}}
+    result: dict = {"model": name, "converted": convert, "stages": {}}
     start = time.perf_counter()
 
     def reached(stage: str) -> None:
@@ -51,6 +54,7 @@ def run_one(name: str) -> dict:
     try:
         model = getattr(models(), name)().eval()
         result["parameters_before"] = sum(p.numel() for p in model.parameters())  # finalize thins it in place
+        result["attention_converted"] = len(convert_attention(model)) if convert else 0
         x = torch.randn(1, 3, 224, 224)
         graph = analyse(model, x)
         reached("analyse")
@@ -67,12 +71,16 @@ def run_one(name: str) -> dict:
         (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
         reached("onnx_runtime")
         kept = pruner.keep_counts()
+        thinned = {g.root for g, k in zip(graph.groups, kept, strict=True) if int(k) < g.size}
+        heads = {g.root for g in graph.groups if isinstance(graph.module(g.root), PrunableHeads)}
         result.update(
             met=bool(record.met),
             budget_macs=record.budget_ms[0],  # FLOPs tables: "ms" are multiply-accumulates
             predicted_macs=record.predicted_ms[0],
             groups=len(graph.groups),
-            groups_pruned=int(sum(int(k) < g.size for g, k in zip(graph.groups, kept, strict=True))),
+            groups_pruned=len(thinned),
+            head_groups=len(heads),
+            head_groups_pruned=len(heads & thinned),
             held=graph.held,
             ort_max_abs_diff=float(np.abs(onnx_out - out.numpy()).max()),
             parameters_after=sum(p.numel() for p in pruned.parameters()),
@@ -82,10 +90,10 @@ def run_one(name: str) -> dict:
     return result
 
 
-def run_child(name: str) -> dict:
+def run_child(name: str, convert: bool) -> dict:
     """``run_one`` in a child process, bounded in time; its peak RSS from the kernel (``wait4``: the
     child's own, killed or not; its one line of JSON is far below a pipe's buffer)."""
-    cmd = [sys.executable, __file__, "--one", name]
+    cmd = [sys.executable, __file__, "--one", name, *([] if convert else ["--no-convert"])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     start = time.perf_counter()
     pid = 0
@@ -99,7 +107,7 @@ def run_child(name: str) -> dict:
     code = os.waitstatus_to_exitcode(status)
     proc.returncode = code  # reaped here, by wait4
     out = proc.stdout.read()
-    result = json.loads(out.strip().splitlines()[-1]) if code == 0 else {"model": name}
+    result = json.loads(out.strip().splitlines()[-1]) if code == 0 else {"model": name, "converted": convert}
     if code != 0:
         result["error"] = f"stopped after {SECONDS} s" if code == -9 else f"exit {code}"
     result["seconds"] = round(time.perf_counter() - start, 1)
@@ -112,19 +120,24 @@ def run_child(name: str) -> dict:
 
 def main() -> None:
     if sys.argv[1:2] == ["--one"]:
-        print(json.dumps(run_one(sys.argv[2]), default=str))
+        print(json.dumps(run_one(sys.argv[2], "--no-convert" not in sys.argv), default=str))
         return
-    args = parse_args(__doc__)
+
+    def options(parser) -> None:
+        parser.add_argument("--no-convert", action="store_true", help="keep torchvision's attention modules")
+
+    args = parse_args(__doc__, options)
     if importlib.util.find_spec("torchvision") is None:
         sys.exit("this benchmark needs torchvision's model definitions: pip install -e '.[dev]'")
     runs = []
     for name in QUICK if args.quick else MODELS:
-        r = run_child(name)
+        r = run_child(name, not args.no_convert)
         runs.append(r)
         stopped = r.get("error") or f"met {r['met']}, {r['groups_pruned']}/{r['groups']} groups pruned"
         print(
             f"{name:20s} {r['seconds']:6.1f} s {r['peak_rss_mb']:5d} MB stages {r.get('stages')} | {stopped} | "
-            f"held {len(r.get('held', {}))} | ORT diff {r.get('ort_max_abs_diff')}",
+            f"heads {r.get('head_groups_pruned')}/{r.get('head_groups')} pruned | held {len(r.get('held', {}))} | "
+            f"ORT diff {r.get('ort_max_abs_diff')}",
             flush=True,
         )
     write(args.out, "architectures", {"bounds": {"seconds": SECONDS, "memory_mb": MEMORY_MB}, "runs": runs}, args.quick)
