@@ -172,6 +172,7 @@ def check_architectures(body: dict) -> None:
     assert "error" not in run and run["met"] and run["within_bounds"], run
     assert run["groups_pruned"] > 0 and run["held"] and run["ort_max_abs_diff"] < 1e-3
     assert list(run["stages"]) == ["analyse", "prune", "forward", "onnx_runtime"]
+    assert run["converted"] and run["attention_converted"] == run["head_groups"] == 0  # it has no attention
 
 
 def check_flood(body: dict) -> None:
