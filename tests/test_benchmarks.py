@@ -129,6 +129,8 @@ def check_in_network(body: dict) -> None:
 def check_budget(body: dict) -> None:
     for run in body["runs"]:  # each prune's report; the measured ratio is noise-bound on a shared VM
         assert 0 < run["measured_ratio"] < 1 and run["report"]["target_ms"] > 0, run
+        r = run["latency_ratio"]
+        assert run["landing"] and run["in_band"] == (0.93 * r <= run["measured_ratio"] <= r), run
 
 
 def check_hardware_awareness(body: dict) -> None:
