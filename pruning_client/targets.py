@@ -75,10 +75,12 @@ class Paired:
         return f"{self.ratio:.3f} x unpruned (+-{self.spread:.1%}{again})"
 
 
-def _spread(ratios: Sequence[float], sets: int) -> float:
-    """Half the range of the ratios, the ``sets - 1`` extreme rounds at either end dropped: each set timed
-    again buys one round a noise burst may have spoiled (one set: the plain half range)."""
-    middle = np.sort(ratios)[sets - 1 : len(ratios) - sets + 1]
+def _spread(ratios: Sequence[float]) -> float:
+    """Half the range of the ratios, one extreme round at either end dropped per set beyond the first
+    (sets of ``ROUNDS``): each set timed again buys one round a noise burst may have spoiled (one set:
+    the plain half range)."""
+    drop = len(ratios) // ROUNDS - 1
+    middle = np.sort(ratios)[drop : len(ratios) - drop]
     return float(np.ptp(middle)) / 2 / float(np.median(ratios))
 
 
@@ -92,7 +94,6 @@ def paired(profiler: Profiler, reference: bytes, candidates: Sequence[bytes], in
     refs: list[MeasureResult] = []
     sides: list[list[MeasureResult]] = [[] for _ in candidates]
     ratios: list[list[float]] = [[] for _ in candidates]
-    sets = [0] * len(candidates)
     todo = list(range(len(candidates)))
     for _ in range(MAX_SETS):
         timed = _rounds(profiler, [reference, *(candidates[i] for i in todo)], input_shape)
@@ -101,13 +102,12 @@ def paired(profiler: Profiler, reference: bytes, candidates: Sequence[bytes], in
         for i, side in zip(todo, timed[1:], strict=True):
             sides[i] += side
             ratios[i] += (np.array([r.median_ms for r in side]) / ref).tolist()
-            sets[i] += 1
-        todo = [i for i in todo if _spread(ratios[i], sets[i]) > NOISY]
+        todo = [i for i in todo if _spread(ratios[i]) > NOISY]
         if not todo:
             break
     return [
-        Paired(float(np.median(r)), _spread(r, n), _median_run(refs), _median_run(side), len(r))
-        for r, n, side in zip(ratios, sets, sides, strict=True)
+        Paired(float(np.median(r)), _spread(r), _median_run(refs), _median_run(side), len(r))
+        for r, side in zip(ratios, sides, strict=True)
     ]
 
 
