@@ -194,9 +194,13 @@ class HALPPruner:
         (``recheck``) before it is believed, then stops the run unless ``allow_minimum``."""
         if budgets is None:
             budgets = [b[len(self.history)] for b in self.budgets]
+        blocks = list(self.block_sizes)
         record, masks = self._solve_step(importance, budgets, grow)
         if not record.met and self.recheck is not None:
             self.recheck(masks)
+            # re-solved on the blocks the step began with: the out-of-reach solve left them as fine as its
+            # floor, and a budget the refit brings within reach needs none of those finer curves
+            self.block_sizes = blocks
             record, masks = self._solve_step(importance, budgets, grow)
         if not record.met and not self.allow_minimum:
             i = next(i for i, (p, b) in enumerate(zip(record.predicted_ms, budgets, strict=True)) if p > b)

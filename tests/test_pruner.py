@@ -12,6 +12,7 @@ import torch
 import pruning_client.pruner as pruner_module
 from profiler_service.local_target import LocalTarget
 from profiler_service.timing import TimingPolicy
+from pruning_client.calibration import Calibration
 from pruning_client.data import digits
 from pruning_client.export import export_onnx
 from pruning_client.graph import ModelGraph, analyse
@@ -124,6 +125,25 @@ def test_a_budget_out_of_reach_is_found_on_one_table_point_per_layer():
     with pytest.raises(BudgetOutOfReach):
         pruner.prune_now(magnitude_saliency(graph))
     assert sum(asked) <= len(graph.layers)  # none here: step 1 priced the same floor
+
+
+def test_a_budget_the_recheck_finds_within_reach_is_solved_on_the_blocks_it_had():
+    """Seen in the GPU kit's CPU rehearsal: a noisy fit put step 2 out of reach, the paired recheck refit
+    and found it within reach, and the re-solve then ran on the single-channel blocks the floor had been
+    priced on (their cost curves: hundreds of table points, 24 s of a 70 s run)."""
+    model = resnet20(10)
+    x, graph, latency = synthetic(model)
+
+    def refit(_masks) -> None:  # what the paired recheck's measurement does: a better line
+        latency.calibration = Calibration()
+
+    pruner = HALPPruner(model, x, latency, target_ratio=0.5, steps=2, interval=1, block_size=8, recheck=refit)
+    pruner.prune_now(magnitude_saliency(graph))
+    blocks = list(pruner.block_sizes)
+    latency.calibration = Calibration(b=0.6 * pruner.full_ms[0])  # the intercept alone over step 2's budget
+    record = pruner.prune_now(magnitude_saliency(graph))
+    assert record.met and pruner.block_sizes == blocks
+    assert all(c % 8 == 0 or c == s for c, s in zip(pruner.keep_counts(), graph.sizes, strict=True))
 
 
 def test_an_unreachable_budget_keeps_the_minimum_when_asked_and_says_so():
