@@ -95,8 +95,9 @@ def _render(digits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return ((image - 0.5) / 0.5).repeat(1, 3, 1, 1)
 
 
-def cluttered_digits(seed: int, copies: int, batch: int = 64) -> Loaders:
-    """``copies`` renderings of every training digit and two of every validation digit, fixed per seed."""
+def cluttered_digits(seed: int, copies: int, batch: int = 64, limit: int | None = None) -> Loaders:
+    """``copies`` renderings of every training digit (of the first ``limit``) and two of every validation
+    digit, fixed per seed."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
@@ -104,7 +105,7 @@ def cluttered_digits(seed: int, copies: int, batch: int = 64) -> Loaders:
     canvas = F.pad(F.interpolate(small, size=(20, 20), mode="bilinear", align_corners=False), [6] * 4)
     labels = torch.from_numpy(data.target.astype(np.int64))
     order = np.random.default_rng(seed).permutation(len(labels))
-    val_idx, train_idx = order[: len(order) // 5], order[len(order) // 5 :]
+    val_idx, train_idx = order[: len(order) // 5], order[len(order) // 5 :][:limit]
     gen = torch.Generator().manual_seed(seed)
 
     def rendered(idx: np.ndarray, k: int) -> TensorDataset:
@@ -151,12 +152,13 @@ def run_seed(
     epochs: int,
     finetune: int,
     copies: int,
+    limit: int | None,
     steps: int,
     batch: int,
 ) -> dict[float, dict]:
     """One pretrained model, its saliency and calibration per seed, shared by every ratio's arms."""
     torch.manual_seed(seed)
-    data = cluttered_digits(seed, copies)
+    data = cluttered_digits(seed, copies, limit=limit)
     model = resnet20(10)
     train(model, data.train, TrainConfig(epochs=epochs, lr=0.1, warmup=0.05))
     base = evaluate(model, data.val)
@@ -255,13 +257,14 @@ def main() -> None:
         )
 
     args = parse_args(__doc__, options, target=True)
-    # quick: one seed, one ratio, little training, a short search: the script keeps working (CI)
+    # quick: one seed, one ratio, little training on 256 digits, a short search: the script keeps working (CI)
     ratios = args.ratios[:1] if args.quick else args.ratios
-    seeds, epochs, finetune, copies, steps = ([0], 1, 1, 1, 2) if args.quick else (range(args.seeds), 15, 6, 4, 8)
+    quick = ([0], 1, 1, 1, 256, 2)
+    seeds, epochs, finetune, copies, limit, steps = quick if args.quick else (range(args.seeds), 15, 6, 4, None, 8)
     with tempfile.TemporaryDirectory() as tmp:
         with profiler_url(args, Path(tmp) / "service") as url, ProfilerClient(url) as client:
             target = RemoteTarget(client, TableCache(Path(tmp) / "cache"))
-            by_seed = [run_seed(s, target, ratios, epochs, finetune, copies, steps, args.batch) for s in seeds]
+            by_seed = [run_seed(s, target, ratios, epochs, finetune, copies, limit, steps, args.batch) for s in seeds]
     runs = {r: [seed[r] for seed in by_seed] for r in ratios}
 
     def spread(values: list[float]) -> dict[str, float]:

@@ -8,6 +8,7 @@ device, table points on demand, whole-model timings): a service over HTTP, or
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pruning_client.latency import LatencyModel, Needed, Point
 T = TypeVar("T")
 ROUNDS = 5  # interleaved measurements per comparison; one ratio alone spread +-4 % on a 2-core VM
 NOISY = 0.10  # a comparison whose rounds spread more than this is timed again ...
-MAX_SETS = 3  # ... up to this many sets of ROUNDS rounds in all
+MAX_SETS = 3  # ... up to this many sets of ROUNDS rounds in all (HALP_PAIRED_SETS overrides)
 
 
 class Profiler(Protocol):
@@ -90,12 +91,14 @@ def paired(profiler: Profiler, reference: bytes, candidates: Sequence[bytes], in
     A candidate whose rounds spread more than ``NOISY`` is timed again, a set of ``ROUNDS`` rounds at a
     time (up to ``MAX_SETS``), and its rounds pooled: a ratio read once in a burst on a busy host
     (1.09 x unpruned for a model pruned to 0.7, +-85 %) is what a calibration must not be fitted to.
+    ``HALP_PAIRED_SETS=1`` times each comparison once: where noise is known and accepted (the test
+    suite's parallel workers), the sets after the first only slow a run down.
     """
     refs: list[MeasureResult] = []
     sides: list[list[MeasureResult]] = [[] for _ in candidates]
     ratios: list[list[float]] = [[] for _ in candidates]
     todo = list(range(len(candidates)))
-    for _ in range(MAX_SETS):
+    for _ in range(_max_sets()):
         timed = _rounds(profiler, [reference, *(candidates[i] for i in todo)], input_shape)
         refs += timed[0]
         ref = np.array([r.median_ms for r in timed[0]])
@@ -109,6 +112,13 @@ def paired(profiler: Profiler, reference: bytes, candidates: Sequence[bytes], in
         Paired(float(np.median(r)), _spread(r), _median_run(refs), _median_run(side), len(r))
         for r, side in zip(ratios, sides, strict=True)
     ]
+
+
+def _max_sets() -> int:
+    value = os.environ.get("HALP_PAIRED_SETS", str(MAX_SETS))
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"HALP_PAIRED_SETS must be a positive whole number of sets, not {value!r}")
+    return int(value)
 
 
 @dataclass

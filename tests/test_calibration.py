@@ -112,8 +112,9 @@ class ScriptedTimings:
         return MeasureResult(fingerprint="scripted", backend="scripted", median_ms=ms, p10_ms=ms, p90_ms=ms, runs=1)
 
 
-def test_a_comparison_spoiled_by_a_burst_is_timed_again_and_its_rounds_pooled():
+def test_a_comparison_spoiled_by_a_burst_is_timed_again_and_its_rounds_pooled(monkeypatch):
     """The ratio that made a run stall: 1.09 x unpruned (+-85 %) read once for a model pruned to 0.7."""
+    monkeypatch.delenv("HALP_PAIRED_SETS", raising=False)  # the default, not the parallel suite's one set
     burst = [1.0, 0.7, 1.0, 0.7, 1.0, 1.9, 1.0, 0.2, 1.0, 0.7]  # rounds of (unpruned, candidate)
     steady = [1.0, 0.7] * ROUNDS
     (pair,) = paired(ScriptedTimings(burst + steady), b"unpruned", [b"candidate"], "1x3x32x32")
@@ -125,6 +126,12 @@ def test_a_comparison_spoiled_by_a_burst_is_timed_again_and_its_rounds_pooled():
     hopeless = [1.0, 0.2, 1.0, 1.9] * (MAX_SETS * ROUNDS)
     (noisy,) = paired(ScriptedTimings(hopeless), b"unpruned", [b"candidate"], "1x3x32x32")
     assert noisy.rounds == MAX_SETS * ROUNDS and noisy.spread > NOISY  # and then believed no more than it says
+    monkeypatch.setenv("HALP_PAIRED_SETS", "1")
+    (once,) = paired(ScriptedTimings(burst), b"unpruned", [b"candidate"], "1x3x32x32")
+    assert once.rounds == ROUNDS and once.spread > NOISY  # timed once, as asked, its spread said
+    monkeypatch.setenv("HALP_PAIRED_SETS", "0")
+    with pytest.raises(ValueError, match="HALP_PAIRED_SETS must be a positive"):
+        paired(ScriptedTimings(steady), b"unpruned", [b"candidate"], "1x3x32x32")
 
 
 @pytest.mark.parametrize(
