@@ -151,7 +151,7 @@ def test_halp_prune_detection_meets_the_measured_budget_and_reports_map(
     env = {**cache_env(tmp_path, "cache"), "HALP_DATA_DIR": str(data_dir)}
     result = halp(
         "prune", "--task", "detection", "--model", "ssd_resnet", "--target", service.url, "--latency-ratio", str(ratio),
-        "--pretrain-epochs", "4", "--steps", "2", "--prune-epochs", "0.5", "--epochs", "1", "--train-batch", "32",
+        "--pretrain-epochs", "3", "--steps", "2", "--prune-epochs", "0.5", "--epochs", "1", "--train-batch", "32",
         "--warmup", "0.3", "--out", str(out), env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
