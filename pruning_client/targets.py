@@ -98,7 +98,7 @@ def paired(profiler: Profiler, reference: bytes, candidates: Sequence[bytes], in
     sides: list[list[MeasureResult]] = [[] for _ in candidates]
     ratios: list[list[float]] = [[] for _ in candidates]
     todo = list(range(len(candidates)))
-    for _ in range(_max_sets()):
+    for _ in range(max_sets()):
         timed = _rounds(profiler, [reference, *(candidates[i] for i in todo)], input_shape)
         refs += timed[0]
         ref = np.array([r.median_ms for r in timed[0]])
@@ -114,7 +114,8 @@ def paired(profiler: Profiler, reference: bytes, candidates: Sequence[bytes], in
     ]
 
 
-def _max_sets() -> int:
+def max_sets() -> int:
+    """``HALP_PAIRED_SETS``, or ``MAX_SETS``; checked when a run starts, not first at its calibration."""
     value = os.environ.get("HALP_PAIRED_SETS", str(MAX_SETS))
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"HALP_PAIRED_SETS must be a positive whole number of sets, not {value!r}")

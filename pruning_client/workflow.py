@@ -33,7 +33,7 @@ from pruning_client.remote import ProfilerClient, RemoteTarget
 from pruning_client.run_settings import RunSettings
 from pruning_client.saliency import magnitude_saliency
 from pruning_client.schedule import block_sizes
-from pruning_client.targets import Target, parallel
+from pruning_client.targets import Target, max_sets, parallel
 from pruning_client.tasks import get_task
 from pruning_client.thinning import pruned_copy
 from pruning_client.train import SCHEDULES, free_cores
@@ -61,6 +61,7 @@ class Run:
             raise ValueError("--interval must be at least 1 iteration")
         if settings.schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}")
+        max_sets()
         self.s = settings
         self.task = get_task(settings.task)
         self.loss = self.task.loss(settings.label_smoothing)

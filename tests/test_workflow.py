@@ -162,6 +162,11 @@ def test_prune_mistakes_are_clear_errors(service, tmp_path):
         assert message in out.stderr and "Traceback" not in out.stderr
     missing = halp("report", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "not found" in missing.stderr
+    # a bad setting from the environment is refused when the run starts, not after its training
+    env = {**os.environ, "HALP_PAIRED_SETS": "0"}
+    bad = halp("prune", "--target", service.url, "--out", str(tmp_path / "x"), env=env)
+    assert bad.returncode == 2 and "HALP_PAIRED_SETS must be a positive" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr and "training" not in bad.stderr
 
 
 @pytest.mark.slow
