@@ -61,7 +61,7 @@ class Run:
             raise ValueError("--interval must be at least 1 iteration")
         if settings.schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}")
-        max_sets()
+        max_sets()  # a bad HALP_PAIRED_SETS is refused now, not at the calibration after the training
         self.s = settings
         self.task = get_task(settings.task)
         self.loss = self.task.loss(settings.label_smoothing)
